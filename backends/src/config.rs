@@ -1,0 +1,108 @@
+//! Built-in backends as they appear in a config file.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::Backend;
+use crate::demo::{Demo, DemoConfig};
+use crate::ticker::{Ticker, TickerConfig};
+
+/// One backend of a route, selected by its `type`:
+///
+/// ```toml
+/// [routes.reference.backends.demo]
+/// type = "demo"
+/// token_pause = "300ms"
+/// ```
+///
+/// A closed enum: adding a backend means adding a variant here, and the
+/// compiler then points at every place that must learn about it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BackendConfig {
+    /// The reference stream (see [`crate::demo`]).
+    Demo(DemoConfig),
+    /// An event every interval (see [`crate::ticker`]).
+    Ticker(TickerConfig),
+}
+
+impl BackendConfig {
+    /// Checks what the types alone cannot. Returns every problem found, each
+    /// naming its key relative to the backend's table.
+    pub fn validate(&self) -> Vec<Problem> {
+        match self {
+            Self::Demo(c) => c.validate(),
+            Self::Ticker(c) => c.validate(),
+        }
+    }
+
+    /// Builds the backend. Call [`validate`](Self::validate) first.
+    pub fn build(&self) -> Arc<dyn Backend> {
+        match self {
+            Self::Demo(c) => Arc::new(Demo::new(c.clone())),
+            Self::Ticker(c) => Arc::new(Ticker::new(c.clone())),
+        }
+    }
+}
+
+/// A problem with a config value: which key, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The key, relative to the table that was validated (`token_pause`).
+    pub key: String,
+    /// Why the value is wrong, and what would be right.
+    pub reason: String,
+}
+
+impl Problem {
+    /// A problem with `key`.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn selects_by_type_and_denies_unknown_fields() {
+        let demo: BackendConfig = serde_json::from_value(json!({"type": "demo"})).unwrap();
+        assert_eq!(demo, BackendConfig::Demo(DemoConfig::default()));
+        let ticker: BackendConfig =
+            serde_json::from_value(json!({"type": "ticker", "interval": "250ms", "count": 3}))
+                .unwrap();
+        let BackendConfig::Ticker(t) = ticker else {
+            panic!("not a ticker")
+        };
+        assert_eq!(t.interval, std::time::Duration::from_millis(250));
+        let err = serde_json::from_value::<BackendConfig>(json!({"type": "demo", "tokenz": []}))
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `tokenz`"), "{err}");
+        let err = serde_json::from_value::<BackendConfig>(json!({"type": "kafka"})).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `kafka`"), "{err}");
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let ticker = BackendConfig::Ticker(TickerConfig {
+            payload_bytes: usize::MAX,
+            name: "a\nb".into(),
+            ..TickerConfig::default()
+        });
+        let keys: Vec<_> = ticker.validate().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["payload_bytes", "name"]);
+    }
+}

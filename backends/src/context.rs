@@ -1,0 +1,39 @@
+//! What a backend learns about the request that opened it.
+
+use std::collections::BTreeMap;
+
+use http::{HeaderMap, Method};
+use serde_json::Value;
+
+/// The request a backend is opened for.
+///
+/// The gateway fills it before any byte of the response is sent, so a backend
+/// can still refuse the request with a real HTTP status.
+#[derive(Clone, Debug, Default)]
+pub struct RequestContext {
+    /// The request method.
+    pub method: Method,
+    /// The request path, as received.
+    pub path: String,
+    /// Parameters captured by the route's path pattern (`/jobs/{id}`).
+    pub params: BTreeMap<String, String>,
+    /// Query parameters, in order, percent-decoded.
+    pub query: Vec<(String, String)>,
+    /// The request headers the route passes on (`pass_headers`), nothing else.
+    pub headers: HeaderMap,
+    /// The request body parsed as JSON; `None` when the request had no body.
+    pub body: Option<Value>,
+    /// Where the client left off: this backend's own part of the request's
+    /// `Last-Event-ID` (the gateway splits the cursor of a merged stream).
+    pub last_event_id: Option<String>,
+}
+
+impl RequestContext {
+    /// The first value of a query parameter.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}

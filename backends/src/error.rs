@@ -1,0 +1,80 @@
+//! Why a backend could not open or continue a stream.
+
+use std::fmt;
+
+/// What kind of failure a [`BackendError`] is. It decides the HTTP status
+/// when the failure happens before the first byte, and whether a client should
+/// retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The request is wrong (bad body, bad `Last-Event-ID`): 400, do not retry.
+    BadRequest,
+    /// The requested stream does not exist: 404.
+    NotFound,
+    /// The client already has every event of a finished stream (it resumed
+    /// after the last one): 204, which tells `EventSource` to stop reconnecting.
+    Finished,
+    /// The upstream answered with an error: 502, may retry.
+    Upstream,
+    /// The upstream did not answer in time: 504, may retry.
+    Timeout,
+    /// The backend is overloaded or not ready: 503, retry later.
+    Unavailable,
+    /// A bug or an unexpected state in the gateway: 500.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The stable, machine-readable name of the kind, used in JSON bodies and
+    /// error events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::NotFound => "not_found",
+            Self::Finished => "finished",
+            Self::Upstream => "upstream",
+            Self::Timeout => "timeout",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A backend failure, with a message meant for the client.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{kind}: {message}")]
+pub struct BackendError {
+    /// What kind of failure it is.
+    pub kind: ErrorKind,
+    /// What went wrong, in words a client can act on.
+    pub message: String,
+}
+
+impl BackendError {
+    /// An error of a kind with a message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A client error (400).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRequest, message)
+    }
+
+    /// The client resumed after the last event of a finished stream (204).
+    pub fn finished() -> Self {
+        Self::new(
+            ErrorKind::Finished,
+            "the stream has ended; nothing follows the given Last-Event-ID",
+        )
+    }
+}

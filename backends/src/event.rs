@@ -1,0 +1,154 @@
+//! The event every backend yields.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+/// One event of a stream.
+///
+/// Every field is reference-counted so that one event can be fanned out to
+/// many clients without copying its payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Position of the event in its backend's stream. A client that
+    /// reconnects with this value as `Last-Event-ID` continues after it.
+    pub id: Option<Arc<str>>,
+    /// Event name (SSE `event:` field). `None` means the default, `message`.
+    pub name: Option<Arc<str>>,
+    /// The payload.
+    pub data: Data,
+    /// Name of the backend the event came from, as configured. The gateway
+    /// stamps it when it merges backends; backends may leave it empty.
+    pub source: Arc<str>,
+}
+
+impl Event {
+    /// An event with a payload and nothing else.
+    pub fn new(data: Data) -> Self {
+        Self {
+            id: None,
+            name: None,
+            data,
+            source: Arc::from(""),
+        }
+    }
+
+    /// Sets the id.
+    pub fn with_id(mut self, id: impl Into<Arc<str>>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Sets the event name.
+    pub fn with_name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the source backend's name.
+    pub fn with_source(mut self, source: Arc<str>) -> Self {
+        self.source = source;
+        self
+    }
+}
+
+/// An event's payload: compact JSON, or text from an upstream that does not
+/// speak JSON.
+///
+/// JSON is kept serialized (compact, so it never contains a line break) and
+/// shared, because every encoder writes it as text and fan-out writes the same
+/// payload to many clients.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Data(Repr);
+
+#[derive(Clone, PartialEq, Eq)]
+enum Repr {
+    Json(Arc<str>),
+    Text(Arc<str>),
+}
+
+impl Data {
+    /// A JSON payload.
+    pub fn json(value: &Value) -> Self {
+        // Serializing a `Value` cannot fail: its map keys are always strings.
+        Self(Repr::Json(Arc::from(value.to_string())))
+    }
+
+    /// Parses a JSON payload from text, re-serializing it compactly.
+    pub fn parse_json(text: &str) -> Result<Self, serde_json::Error> {
+        let value: Value = serde_json::from_str(text)?;
+        Ok(Self::json(&value))
+    }
+
+    /// A text payload, written as is in SSE (line breaks become several
+    /// `data:` lines) and as a JSON string in NDJSON.
+    pub fn text(text: impl Into<Arc<str>>) -> Self {
+        Self(Repr::Text(text.into()))
+    }
+
+    /// The payload as written in an SSE `data` field: compact JSON, or the text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Json(s) | Repr::Text(s) => s,
+        }
+    }
+
+    /// Whether the payload is JSON (as opposed to text).
+    pub fn is_json(&self) -> bool {
+        matches!(self.0, Repr::Json(_))
+    }
+
+    /// The payload as a JSON value: parsed JSON, or a JSON string for text.
+    pub fn to_value(&self) -> Value {
+        match &self.0 {
+            Repr::Json(s) => serde_json::from_str(s).unwrap_or(Value::Null),
+            Repr::Text(s) => Value::String(s.to_string()),
+        }
+    }
+}
+
+impl From<Value> for Data {
+    fn from(value: Value) -> Self {
+        Self::json(&value)
+    }
+}
+
+impl fmt::Debug for Data {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Repr::Json(s) => write!(f, "Json({s})"),
+            Repr::Text(s) => write!(f, "Text({s:?})"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_is_compact_and_single_line() {
+        let data = Data::parse_json("{\n  \"a\" : [1, 2],\n  \"b\": \"x\\ny\"\n}").unwrap();
+        assert_eq!(data.as_str(), r#"{"a":[1,2],"b":"x\ny"}"#);
+        assert!(!data.as_str().contains('\n'));
+        assert!(data.is_json());
+    }
+
+    #[test]
+    fn text_round_trips_as_json_string() {
+        let data = Data::text("line\r\nbreak");
+        assert!(!data.is_json());
+        assert_eq!(data.to_value(), json!("line\r\nbreak"));
+    }
+
+    #[test]
+    fn key_order_is_kept() {
+        let data = Data::json(&json!({"event": "start", "message": "streaming begin"}));
+        assert_eq!(
+            data.as_str(),
+            r#"{"event":"start","message":"streaming begin"}"#
+        );
+    }
+}

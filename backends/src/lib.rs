@@ -1,0 +1,40 @@
+//! Event sources for the streaming gateway.
+//!
+//! A backend turns one HTTP request into a stream of [`Event`]s. The gateway
+//! negotiates the wire format, merges several backends, adds heartbeats and
+//! limits; a backend only has to produce events and stop when its stream is
+//! dropped.
+//!
+//! # Layout
+//!
+//! - [`event`]: the [`Event`] that every backend yields, and its [`Data`].
+//! - [`context`]: the [`RequestContext`] a backend is opened with (method,
+//!   path parameters, query, selected headers, JSON body, `Last-Event-ID`).
+//! - [`error`]: [`BackendError`] and its [`ErrorKind`], which decides the HTTP
+//!   status when a backend fails before the first byte.
+//! - [`backend`]: the [`Backend`] trait with its one method, `open`.
+//! - [`config`]: [`BackendConfig`], the closed, tagged enum of built-in
+//!   backends as they appear in a config file, with `validate` and `build`.
+//! - One module per backend: [`demo`] (the reference stream), [`ticker`].
+//! - `testing` (feature `testing`): mock backends for the gateway's own tests.
+//!
+//! A request flows: the gateway builds a [`RequestContext`], calls
+//! [`Backend::open`] on every backend of the route, and polls the returned
+//! [`EventStream`]s until they end or the client goes away, at which point the
+//! streams are dropped and every backend's work stops with them.
+
+pub mod backend;
+pub mod config;
+pub mod context;
+pub mod demo;
+pub mod error;
+pub mod event;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod ticker;
+
+pub use backend::{Backend, EventStream};
+pub use config::BackendConfig;
+pub use context::RequestContext;
+pub use error::{BackendError, ErrorKind};
+pub use event::{Data, Event};

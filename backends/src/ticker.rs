@@ -1,0 +1,206 @@
+//! `ticker`: an event every interval, for tests, demos and load.
+//!
+//! Event `n` (counting from 1) has id `n`, name `tick` (configurable) and data
+//! `{"seq": n, "ts_us": <microseconds since the Unix epoch when it was made>}`,
+//! plus `"pad": "xxx…"` when `payload_bytes` asks for a bigger payload. The
+//! timestamp lets a load generator measure delivery latency. A client that
+//! resumes with `Last-Event-ID: n` continues with `n + 1`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::time::MissedTickBehavior;
+
+use crate::config::Problem;
+use crate::{Backend, BackendError, Data, Event, EventStream, RequestContext};
+
+/// Configuration of the `ticker` backend.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TickerConfig {
+    /// Time between events; the first comes at once. `0s` sends as fast as the
+    /// client reads. Default: `1s`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How many events before the stream ends; none means endless. Default: none.
+    pub count: Option<u64>,
+    /// Size of the `pad` string added to each event's data; 0 adds none.
+    /// At most 1 MiB. Default: 0.
+    pub payload_bytes: usize,
+    /// Event name. Default: `tick`.
+    pub name: String,
+}
+
+impl Default for TickerConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            count: None,
+            payload_bytes: 0,
+            name: "tick".into(),
+        }
+    }
+}
+
+/// Largest `payload_bytes`: the gateway's default request body limit, and more
+/// than any load test needs.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+impl TickerConfig {
+    pub(crate) fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.payload_bytes > MAX_PAYLOAD_BYTES {
+            problems.push(Problem::new(
+                "payload_bytes",
+                "must be at most 1048576 (1 MiB)",
+            ));
+        }
+        if self.name.is_empty() || self.name.contains(['\r', '\n', '\0']) {
+            problems.push(Problem::new(
+                "name",
+                "must be non-empty, without CR, LF or NUL",
+            ));
+        }
+        problems
+    }
+}
+
+/// Emits numbered events at a fixed interval.
+#[derive(Debug)]
+pub struct Ticker {
+    config: TickerConfig,
+    pad: Arc<str>,
+}
+
+impl Ticker {
+    /// A ticker with its configuration.
+    pub fn new(config: TickerConfig) -> Self {
+        let pad = "x".repeat(config.payload_bytes).into();
+        Self { config, pad }
+    }
+}
+
+#[async_trait]
+impl Backend for Ticker {
+    async fn open(&self, ctx: &RequestContext) -> Result<EventStream, BackendError> {
+        let first = match ctx.last_event_id.as_deref() {
+            None => 1,
+            Some(last) => last.trim().parse::<u64>().map(|n| n + 1).map_err(|_| {
+                BackendError::bad_request(format!(
+                    "Last-Event-ID {last:?} is not a ticker sequence number"
+                ))
+            })?,
+        };
+        let last = self.config.count.unwrap_or(u64::MAX);
+        if first > last {
+            return Err(BackendError::finished());
+        }
+        let name: Arc<str> = self.config.name.as_str().into();
+        let pad = Arc::clone(&self.pad);
+        let timer = (!self.config.interval.is_zero()).then(|| {
+            let mut timer = tokio::time::interval(self.config.interval);
+            timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            timer
+        });
+        let stream = futures::stream::unfold((first, timer), move |(seq, mut timer)| {
+            let name = Arc::clone(&name);
+            let pad = Arc::clone(&pad);
+            async move {
+                if seq > last {
+                    return None;
+                }
+                match timer.as_mut() {
+                    Some(timer) => {
+                        timer.tick().await;
+                    }
+                    // Without a pause, let other tasks run between events.
+                    None => tokio::task::yield_now().await,
+                }
+                Some((Ok(tick(seq, name, &pad)), (seq + 1, timer)))
+            }
+        });
+        Ok(stream.boxed())
+    }
+}
+
+fn tick(seq: u64, name: Arc<str>, pad: &str) -> Event {
+    let ts_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let mut data = Map::new();
+    data.insert("seq".into(), seq.into());
+    data.insert("ts_us".into(), ts_us.into());
+    if !pad.is_empty() {
+        data.insert("pad".into(), pad.into());
+    }
+    Event::new(Data::json(&Value::Object(data)))
+        .with_id(seq.to_string())
+        .with_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn ticks_at_the_interval_and_stops_at_count() {
+        let ticker = Ticker::new(TickerConfig {
+            interval: Duration::from_secs(2),
+            count: Some(3),
+            payload_bytes: 4,
+            ..TickerConfig::default()
+        });
+        let start = Instant::now();
+        let events: Vec<_> = ticker
+            .open(&RequestContext::default())
+            .await
+            .unwrap()
+            .map(|e| (e.unwrap(), start.elapsed().as_secs()))
+            .collect()
+            .await;
+        let seen: Vec<_> = events
+            .iter()
+            .map(|(e, at)| (e.id.as_deref().unwrap().to_string(), *at))
+            .collect();
+        assert_eq!(seen, [("1".into(), 0), ("2".into(), 2), ("3".into(), 4)]);
+        let data = events[0].0.data.to_value();
+        assert_eq!(data["seq"], 1);
+        assert_eq!(data["pad"], "xxxx");
+        assert!(data["ts_us"].as_u64().unwrap() > 0);
+        assert_eq!(events[0].0.name.as_deref(), Some("tick"));
+    }
+
+    #[tokio::test]
+    async fn resumes_after_last_event_id() {
+        let ticker = Ticker::new(TickerConfig {
+            interval: Duration::ZERO,
+            count: Some(5),
+            ..TickerConfig::default()
+        });
+        let ctx = RequestContext {
+            last_event_id: Some("3".into()),
+            ..RequestContext::default()
+        };
+        let ids: Vec<_> = ticker
+            .open(&ctx)
+            .await
+            .unwrap()
+            .map(|e| e.unwrap().id.unwrap().to_string())
+            .collect()
+            .await;
+        assert_eq!(ids, ["4", "5"]);
+        let done = RequestContext {
+            last_event_id: Some("5".into()),
+            ..RequestContext::default()
+        };
+        assert_eq!(
+            ticker.open(&done).await.err().unwrap().kind,
+            crate::ErrorKind::Finished
+        );
+    }
+}
