@@ -1,1 +1,44 @@
-//! placeholder
+//! A streaming gateway: events from pluggable backends as one HTTP response
+//! stream, NDJSON or Server-Sent Events as the client's `Accept` asks.
+//!
+//! # Layout
+//!
+//! - [`config`]: the config file's types with their defaults, layered
+//!   loading (defaults, file, `GATEWAY__…` variables) and validation that
+//!   reports every problem at once.
+//! - [`server`]: [`Gateway`] (routes, stream limit, shutdown token),
+//!   [`app`] (the axum `Router`) and [`serve`]; the binary, Lambda and the
+//!   tests all go through these.
+//! - [`handler`]: one request, from path match to the opened stream.
+//! - [`negotiate`]: `Accept` and `?format=` to a [`Format`].
+//! - [`fanin`]: opens a route's backends and merges their events.
+//! - [`cursor`]: `Last-Event-ID` for one backend or a merged route.
+//! - [`session`]: the response body: events, heartbeats, lifetime, idle
+//!   time, shutdown.
+//! - [`encode`], [`sse`], [`ndjson`]: events to bytes, and the gateway's own
+//!   events.
+//! - [`error`]: [`ApiError`], the JSON error answered before a stream starts.
+//!
+//! A request flows: `handler::dispatch` matches the route, checks method,
+//! format, capacity, `Last-Event-ID` and body, opens every backend through
+//! `fanin::open`, and answers with a `session::Session` as the body, which
+//! polls the merged backends and writes each event as it comes. When the
+//! client goes away hyper drops the body, and with it every backend stream.
+
+pub mod config;
+pub mod cursor;
+pub mod encode;
+pub mod error;
+pub mod fanin;
+pub mod handler;
+pub mod ndjson;
+pub mod negotiate;
+pub mod route;
+pub mod server;
+pub mod session;
+pub mod sse;
+
+pub use error::ApiError;
+pub use negotiate::Format;
+pub use route::Route;
+pub use server::{Gateway, app, serve};

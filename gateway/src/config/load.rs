@@ -1,0 +1,352 @@
+//! Loading: layer the sources, then deserialize piece by piece so that one
+//! bad value does not hide the next.
+//!
+//! Serde stops at the first error of a struct. To report every problem at
+//! once, a table that fails is tried again one key at a time (keeping the keys
+//! that select an enum variant), which isolates each bad key; missing required
+//! keys are found by trying the table with none of its keys.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use ::config::{Config, Environment, File, FileFormat, Map, Value, ValueKind};
+use serde::de::DeserializeOwned;
+
+use super::{ConfigError, ConfigProblem, GatewayConfig, RouteConfig, ServerConfig};
+use backends::BackendConfig;
+
+/// The built-in configuration, used when no file is given: the reference
+/// stream on `/`. It is `config/default.toml`, which documents every option.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
+
+/// Prefix of the environment variables that override config keys:
+/// `GATEWAY__SERVER__PORT=9090` sets `server.port`.
+const ENV_PREFIX: &str = "GATEWAY";
+const ENV_SEPARATOR: &str = "__";
+/// How values from the built-in config are named in problems.
+const DEFAULT_ORIGIN: &str = "built-in default config";
+const ENV_ORIGIN: &str = "the environment";
+
+/// Where the base configuration comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    /// The built-in [`DEFAULT_CONFIG`].
+    Default,
+    /// A file; its extension (`.toml`, `.yaml`/`.yml`, `.json`) says its format.
+    File(&'a Path),
+}
+
+/// Loads and validates the configuration: `base`, then the `GATEWAY__…`
+/// variables of `env` (the process environment when `None`).
+///
+/// Every problem is reported at once, each naming its origin (file or
+/// environment variable), key and reason.
+pub fn load(
+    base: Source<'_>,
+    env: Option<HashMap<String, String>>,
+) -> Result<GatewayConfig, ConfigError> {
+    let origin = match base {
+        Source::Default => DEFAULT_ORIGIN.to_string(),
+        Source::File(path) => path.display().to_string(),
+    };
+    let base_source = match base {
+        Source::Default => File::from_str(DEFAULT_CONFIG, FileFormat::Toml),
+        Source::File(path) => {
+            let format = match path.extension().and_then(|e| e.to_str()) {
+                Some("toml") => FileFormat::Toml,
+                Some("yaml" | "yml") => FileFormat::Yaml,
+                Some("json") => FileFormat::Json,
+                _ => {
+                    return Err(one_problem(
+                        &origin,
+                        "the file name must end in .toml, .yaml, .yml or .json",
+                    ));
+                }
+            };
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| one_problem(&origin, &format!("cannot read the file: {e}")))?;
+            File::from_str(&text, format)
+        }
+    };
+    let env = Environment::with_prefix(ENV_PREFIX)
+        .separator(ENV_SEPARATOR)
+        .try_parsing(true)
+        .source(env.map(|env| env.into_iter().collect()));
+    let built = Config::builder()
+        .add_source(base_source)
+        .add_source(env)
+        .build()
+        .map_err(|e| one_problem(&origin, &e.to_string()))?;
+    let root =
+        ::config::Source::collect(&built).map_err(|e| one_problem(&origin, &e.to_string()))?;
+
+    let mut parser = Parser {
+        root: &root,
+        default_origin: origin,
+        problems: Vec::new(),
+    };
+    // Validate what parsed, so that its problems show beside the others.
+    let (config, complete) = parser.config();
+    for (key, reason) in config.validate() {
+        // An empty route table is no news when routes failed to parse.
+        if complete || key != "routes" {
+            parser.problem(&key, reason);
+        }
+    }
+    if parser.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError {
+            problems: parser.problems,
+        })
+    }
+}
+
+fn one_problem(origin: &str, reason: &str) -> ConfigError {
+    ConfigError {
+        problems: vec![ConfigProblem {
+            origin: origin.into(),
+            key: String::new(),
+            reason: reason.into(),
+        }],
+    }
+}
+
+struct Parser<'a> {
+    root: &'a Map<String, Value>,
+    default_origin: String,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Parser<'_> {
+    /// The config, with defaults for what failed to parse, and whether
+    /// everything parsed.
+    fn config(&mut self) -> (GatewayConfig, bool) {
+        for key in self.root.keys() {
+            if key != "server" && key != "routes" {
+                self.problem(key, "unknown key; expected `server` or `routes`".into());
+            }
+        }
+        let server = match self.root.get("server") {
+            None => Some(ServerConfig::default()),
+            Some(value) => self.table::<ServerConfig>(value, "server", &[]),
+        };
+        let routes = match self.root.get("routes") {
+            None => {
+                self.problem("routes", "missing; there must be at least one route".into());
+                None
+            }
+            Some(value) => self.routes(value),
+        };
+        let (routes, routes_ok) = routes.unwrap_or_default();
+        let complete = server.is_some() && routes_ok;
+        let config = GatewayConfig {
+            server: server.unwrap_or_default(),
+            routes,
+        };
+        (config, complete)
+    }
+
+    /// The routes that parsed, and whether all did.
+    fn routes(&mut self, value: &Value) -> Option<(BTreeMap<String, RouteConfig>, bool)> {
+        let table = self.as_table(value, "routes")?;
+        let mut routes = BTreeMap::new();
+        let mut ok = true;
+        for (name, value) in table {
+            let key = format!("routes.{name}");
+            let Some(mut fields) = self.as_table(&value, &key) else {
+                ok = false;
+                continue;
+            };
+            // Backends are parsed one by one, so each one's problems show.
+            let backends = fields.shift_remove("backends");
+            let without = Value::new(
+                value.origin().map(String::from).as_ref(),
+                ValueKind::Table(fields),
+            );
+            let route = self.table::<RouteConfig>(&without, &key, &[]);
+            let backends = match backends {
+                None => Some(Default::default()),
+                Some(backends) => self.backends(&backends, &format!("{key}.backends")),
+            };
+            match (route, backends) {
+                (Some(mut route), Some(backends)) => {
+                    route.backends = backends;
+                    routes.insert(name, route);
+                }
+                _ => ok = false,
+            }
+        }
+        Some((routes, ok))
+    }
+
+    fn backends(&mut self, value: &Value, key: &str) -> Option<BTreeMap<String, BackendConfig>> {
+        let table = self.as_table(value, key)?;
+        let mut backends = BTreeMap::new();
+        let mut ok = true;
+        for (name, value) in table {
+            match self.table::<BackendConfig>(&value, &format!("{key}.{name}"), &["type"]) {
+                Some(backend) => {
+                    backends.insert(name, backend);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(backends)
+    }
+
+    fn as_table(&mut self, value: &Value, key: &str) -> Option<Map<String, Value>> {
+        match &value.kind {
+            ValueKind::Table(table) => Some(table.clone()),
+            other => {
+                self.problem(key, format!("must be a table, not {other}"));
+                None
+            }
+        }
+    }
+
+    /// Deserializes a table, or records every problem in it. `pinned` keys
+    /// (an enum's tag) are kept in every one-key retry.
+    fn table<T: DeserializeOwned>(
+        &mut self,
+        value: &Value,
+        key: &str,
+        pinned: &[&str],
+    ) -> Option<T> {
+        let first = match deserialize::<T>(value.clone()) {
+            Ok(t) => return Some(t),
+            Err(e) => e,
+        };
+        let Ok(table) = value.clone().into_table() else {
+            self.deserialize_problem(key, None, &first);
+            return None;
+        };
+        let origin = value.origin().map(String::from);
+        let subset = |keys: &[&str]| {
+            let map: Map<String, Value> = table
+                .iter()
+                .filter(|(k, _)| keys.contains(&k.as_str()) || pinned.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Value::new(origin.as_ref(), ValueKind::Table(map))
+        };
+        // Each error with the key it is about, when a one-key retry tells.
+        let mut found: Vec<(Option<&str>, _)> = Vec::new();
+        // With only the pinned keys: a bad tag shows, and stops the retries.
+        let tag_ok = match deserialize::<T>(subset(&[])) {
+            Err(e) if !is_missing_field(&e) => {
+                found.push((pinned.first().copied(), e));
+                false
+            }
+            _ => true,
+        };
+        if tag_ok {
+            let mut good = Vec::new();
+            for k in table.keys().filter(|k| !pinned.contains(&k.as_str())) {
+                match deserialize::<T>(subset(&[k.as_str()])) {
+                    Err(e) if !is_missing_field(&e) => found.push((Some(k.as_str()), e)),
+                    _ => good.push(k.as_str()),
+                }
+            }
+            // With every good key: what is still missing is truly missing.
+            if let Err(e) = deserialize::<T>(subset(&good)) {
+                if is_missing_field(&e) {
+                    found.push((None, e));
+                }
+            }
+        }
+        if found.is_empty() {
+            found.push((None, first));
+        }
+        for (hint, e) in found {
+            self.deserialize_problem(key, hint, &e);
+        }
+        None
+    }
+
+    /// Records a deserialization error. Serde loses the path inside an
+    /// internally tagged enum; `hint` is the key a one-key retry was about.
+    fn deserialize_problem(&mut self, key: &str, hint: Option<&str>, error: &DeError) {
+        let path = error.path().to_string();
+        let full = match (path.as_str(), hint) {
+            (".", Some(hint)) => format!("{key}.{hint}"),
+            (".", None) => key.to_string(),
+            (path, _) => format!("{key}.{path}"),
+        };
+        let reason = match error.inner() {
+            ::config::ConfigError::Type {
+                unexpected,
+                expected,
+                ..
+            } => {
+                format!("invalid type: {unexpected}, expected {expected}")
+            }
+            ::config::ConfigError::At { error, .. } => error.to_string(),
+            ::config::ConfigError::NotFound(field) => format!("missing required key `{field}`"),
+            other => other.to_string(),
+        };
+        let reason = match reason.strip_prefix("missing field ") {
+            Some(field) => format!("missing required key {field}"),
+            None => reason,
+        };
+        self.problem(&full, reason);
+    }
+
+    /// Records a problem at `key`, naming the origin of the value there (or
+    /// of the nearest table above it that has one).
+    fn problem(&mut self, key: &str, reason: String) {
+        let origin = self.origin_of(key);
+        self.problems.push(ConfigProblem {
+            origin,
+            key: key.into(),
+            reason,
+        });
+    }
+
+    fn origin_of(&self, key: &str) -> String {
+        let mut found: Option<(String, usize)> = None;
+        let mut table = Some(self.root);
+        let segments: Vec<&str> = key
+            .split('.')
+            .map(|s| s.split('[').next().unwrap_or(s))
+            .collect();
+        for (depth, segment) in segments.iter().enumerate() {
+            let Some(value) = table.and_then(|t| t.get(*segment)) else {
+                break;
+            };
+            if let Some(origin) = value.origin() {
+                found = Some((origin.to_string(), depth + 1));
+            }
+            table = match &value.kind {
+                ValueKind::Table(t) => Some(t),
+                _ => None,
+            };
+        }
+        match found {
+            Some((origin, depth)) if origin == ENV_ORIGIN => {
+                let name: Vec<String> =
+                    segments[..depth].iter().map(|s| s.to_uppercase()).collect();
+                format!(
+                    "environment variable {ENV_PREFIX}{ENV_SEPARATOR}{}",
+                    name.join(ENV_SEPARATOR)
+                )
+            }
+            Some((origin, _)) => origin,
+            None => self.default_origin.clone(),
+        }
+    }
+}
+
+/// A deserialization error with the path where it happened (boxed: large).
+type DeError = Box<serde_path_to_error::Error<::config::ConfigError>>;
+
+fn deserialize<T: DeserializeOwned>(value: Value) -> Result<T, DeError> {
+    serde_path_to_error::deserialize(value).map_err(Box::new)
+}
+
+fn is_missing_field(error: &DeError) -> bool {
+    match error.inner() {
+        ::config::ConfigError::NotFound(_) => true,
+        other => other.to_string().starts_with("missing field"),
+    }
+}

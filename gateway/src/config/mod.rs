@@ -1,0 +1,471 @@
+//! The gateway's configuration: what the config file says, with its defaults.
+//!
+//! [`load`] layers the sources (built-in defaults, then a file, then
+//! `GATEWAY__...` environment variables) and reports every problem at once;
+//! [`GatewayConfig::validate`] checks what types alone cannot. The field
+//! comments here are the user's reference; `config/default.toml` repeats them
+//! with every default written out.
+
+mod load;
+mod problem;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue};
+use backends::BackendConfig;
+use serde::Deserialize;
+
+pub use load::{DEFAULT_CONFIG, Source, load};
+pub use problem::{ConfigError, ConfigProblem};
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Listener, limits and logging.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Stream routes by name. The name appears in logs and errors only.
+    pub routes: BTreeMap<String, RouteConfig>,
+}
+
+/// `[server]`: the listener, global limits and logging.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Default: `127.0.0.1` (use `0.0.0.0` in a container).
+    pub host: IpAddr,
+    /// Port to listen on; `0` picks a free one. Default: `8080`.
+    pub port: u16,
+    /// Largest request body; a bigger one is refused with 413 before any
+    /// backend is opened. Default: `1048576` (1 MiB, what CloudFront's edge
+    /// functions can see of a body).
+    pub max_body_bytes: usize,
+    /// Most streams open at once; one more is refused with 503 and
+    /// `Retry-After`. Default: `10000`.
+    pub max_streams: usize,
+    /// How long shutdown waits for connections to finish after every open
+    /// stream was sent its final event. Default: `200ms` (Lambda gives a few
+    /// hundred milliseconds between SIGTERM and SIGKILL).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Log format: `plain` or `json`. The level comes from `RUST_LOG`.
+    /// Default: `plain`.
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 8080,
+            max_body_bytes: 1 << 20,
+            max_streams: 10_000,
+            shutdown_grace: Duration::from_millis(200),
+            log_format: LogFormat::Plain,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Plain,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// `[routes.NAME]`: one path that streams events from one or more backends.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The path, with `{name}` parameters (`/jobs/{id}`) or a final
+    /// `{*rest}` catch-all. Required.
+    pub path: String,
+    /// Methods the route answers; `HEAD` is answered wherever `GET` is.
+    /// Default: `["GET", "POST"]`.
+    #[serde(default = "default_methods")]
+    pub methods: Vec<RouteMethod>,
+    /// The backends, by name. The name tags every event from that backend
+    /// (`source`) and keys its part of a merged stream's `Last-Event-ID`.
+    /// At least one. Required.
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendConfig>,
+    /// What a backend failing mid-stream does to the others: `continue`
+    /// (an error event, the others go on) or `abort` (an error event, then the
+    /// stream ends). Default: `continue`.
+    #[serde(default)]
+    pub on_error: ErrorPolicy,
+    /// Whether events are wrapped in an envelope
+    /// `{"id":…,"event":…,"source":…,"data":…}` (the NDJSON line and the SSE
+    /// `data`): `auto` (only when the route has several backends), `always`,
+    /// `never`. Without it an NDJSON line is the event's data alone.
+    /// Default: `auto`.
+    #[serde(default)]
+    pub envelope: Envelope,
+    /// Longest silence before a heartbeat is sent (an SSE comment, or
+    /// `ndjson_heartbeat`). Keep it well under any proxy's idle timeout
+    /// (CloudFront's origin timeout is 30 s). Default: `15s`.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// The line an NDJSON stream sends as a heartbeat: one JSON value on one
+    /// line. Default: `{"event":"gateway.heartbeat"}`.
+    #[serde(default = "default_ndjson_heartbeat")]
+    pub ndjson_heartbeat: String,
+    /// Reconnection delay the SSE stream asks `EventSource` to use (`retry:`).
+    /// Default: `3s`.
+    #[serde(default = "default_retry", with = "humantime_serde")]
+    pub retry: Duration,
+    /// Longest a stream stays open; then it ends with a `gateway.close`
+    /// event carrying the last id, and `EventSource` resumes from there.
+    /// Default: `1h`.
+    #[serde(default = "default_max_lifetime", with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// Longest a stream stays open without an event from its backends
+    /// (heartbeats do not count); then it ends as at `max_lifetime`.
+    /// Default: `10m`.
+    #[serde(default = "default_max_idle", with = "humantime_serde")]
+    pub max_idle: Duration,
+    /// Request headers passed on to the backends; no other header reaches
+    /// them. Default: none.
+    #[serde(default)]
+    pub pass_headers: Vec<String>,
+    /// Headers added to every stream response of the route.
+    /// Default: `{ X-AggregateInfo-Result = "OK" }`, as the reference did.
+    #[serde(default = "default_response_headers")]
+    pub response_headers: BTreeMap<String, String>,
+}
+
+impl RouteConfig {
+    /// A route on `path` with every option at its default and no backends.
+    pub fn new(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            methods: default_methods(),
+            backends: BTreeMap::new(),
+            on_error: ErrorPolicy::default(),
+            envelope: Envelope::default(),
+            heartbeat: default_heartbeat(),
+            ndjson_heartbeat: default_ndjson_heartbeat(),
+            retry: default_retry(),
+            max_lifetime: default_max_lifetime(),
+            max_idle: default_max_idle(),
+            pass_headers: Vec::new(),
+            response_headers: default_response_headers(),
+        }
+    }
+}
+
+/// A method a route answers.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(try_from = "String")]
+#[allow(missing_docs)]
+pub enum RouteMethod {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl RouteMethod {
+    /// The HTTP method.
+    pub fn as_method(self) -> axum::http::Method {
+        use axum::http::Method;
+        match self {
+            Self::Get => Method::GET,
+            Self::Post => Method::POST,
+            Self::Put => Method::PUT,
+            Self::Patch => Method::PATCH,
+            Self::Delete => Method::DELETE,
+        }
+    }
+}
+
+/// What a backend's mid-stream failure does to the route's stream.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum ErrorPolicy {
+    /// Send an error event; the other backends go on.
+    #[default]
+    Continue,
+    /// Send an error event, then end the stream.
+    Abort,
+}
+
+/// When events are wrapped in an envelope.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum Envelope {
+    /// When the route has several backends, so each event says its source.
+    #[default]
+    Auto,
+    /// Always.
+    Always,
+    /// Never: an NDJSON line, and an SSE `data`, is the event's data alone.
+    Never,
+}
+
+/// Parses the small enums above from their names, with an error that lists
+/// the accepted ones (the config crate's own message for enums is obscure).
+macro_rules! named {
+    ($ty:ty { $($name:literal => $variant:expr),+ $(,)? }) => {
+        impl TryFrom<String> for $ty {
+            type Error = String;
+            fn try_from(name: String) -> Result<Self, String> {
+                match name.as_str() {
+                    $($name => Ok($variant),)+
+                    _ => Err(format!(
+                        "unknown value {name:?}; expected one of {}",
+                        [$(concat!("\"", $name, "\"")),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+named!(LogFormat { "plain" => LogFormat::Plain, "json" => LogFormat::Json });
+named!(RouteMethod {
+    "GET" => RouteMethod::Get,
+    "POST" => RouteMethod::Post,
+    "PUT" => RouteMethod::Put,
+    "PATCH" => RouteMethod::Patch,
+    "DELETE" => RouteMethod::Delete,
+});
+named!(ErrorPolicy { "continue" => ErrorPolicy::Continue, "abort" => ErrorPolicy::Abort });
+named!(Envelope {
+    "auto" => Envelope::Auto,
+    "always" => Envelope::Always,
+    "never" => Envelope::Never,
+});
+
+fn default_methods() -> Vec<RouteMethod> {
+    vec![RouteMethod::Get, RouteMethod::Post]
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_ndjson_heartbeat() -> String {
+    r#"{"event":"gateway.heartbeat"}"#.into()
+}
+fn default_retry() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_max_lifetime() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_max_idle() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_response_headers() -> BTreeMap<String, String> {
+    BTreeMap::from([("X-AggregateInfo-Result".into(), "OK".into())])
+}
+
+/// The largest heartbeat, retry, lifetime or idle time accepted: a week.
+/// Anything longer is a unit typo (`15000s` for `15000ms`).
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The path the adapter's readiness check and load balancers use.
+pub const HEALTH_PATH: &str = "/healthz";
+
+impl GatewayConfig {
+    /// Checks what the types alone cannot, returning every problem with its
+    /// full key (`routes.api.heartbeat`).
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut push =
+            |key: &str, reason: &str| problems.push((key.to_string(), reason.to_string()));
+        if self.server.max_body_bytes == 0 {
+            push("server.max_body_bytes", "must be at least 1");
+        }
+        if self.server.max_streams == 0 {
+            push("server.max_streams", "must be at least 1");
+        }
+        if self.server.shutdown_grace > Duration::from_secs(60) {
+            push("server.shutdown_grace", "must be at most 60s");
+        }
+        if self.routes.is_empty() {
+            push("routes", "there must be at least one route");
+        }
+        let mut paths = matchit::Router::new();
+        for (name, route) in &self.routes {
+            let key = |field: &str| format!("routes.{name}.{field}");
+            let route_problems = route.validate();
+            if !route_problems.iter().any(|(field, _)| field == "path") {
+                if let Err(e) = paths.insert(route.path.as_str(), ()) {
+                    problems.push((key("path"), path_conflict(&e, &self.routes)));
+                }
+            }
+            problems.extend(
+                route_problems
+                    .into_iter()
+                    .map(|(field, reason)| (key(&field), reason)),
+            );
+            if route.backends.is_empty() {
+                problems.push((
+                    key("backends"),
+                    "the route needs at least one backend".into(),
+                ));
+            }
+            for (backend, config) in &route.backends {
+                for p in config.validate() {
+                    problems.push((key(&format!("backends.{backend}.{}", p.key)), p.reason));
+                }
+            }
+        }
+        problems
+    }
+}
+
+impl RouteConfig {
+    /// Checks the route's own options (not its backends), returning every
+    /// problem with its key relative to the route.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if let Err(reason) = check_path(&self.path) {
+            problems.push(("path".into(), reason));
+        }
+        if self.methods.is_empty() {
+            problems.push(("methods".into(), "must name at least one method".into()));
+        }
+        for (field, value) in [
+            ("heartbeat", self.heartbeat),
+            ("retry", self.retry),
+            ("max_lifetime", self.max_lifetime),
+            ("max_idle", self.max_idle),
+        ] {
+            if value > MAX_DURATION {
+                problems.push((field.into(), "must be at most 7days".into()));
+            } else if value.is_zero() && field != "retry" {
+                problems.push((field.into(), "must be more than 0s".into()));
+            }
+        }
+        if let Err(reason) = check_heartbeat_line(&self.ndjson_heartbeat) {
+            problems.push(("ndjson_heartbeat".into(), reason));
+        }
+        for header in &self.pass_headers {
+            if HeaderName::try_from(header.as_str()).is_err() {
+                problems.push((
+                    "pass_headers".into(),
+                    format!("{header:?} is not a valid header name"),
+                ));
+            }
+        }
+        for (header, value) in &self.response_headers {
+            let field = format!("response_headers.{header}");
+            if HeaderName::try_from(header.as_str()).is_err() {
+                problems.push((field, "is not a valid header name".into()));
+            } else if HeaderValue::try_from(value.as_str()).is_err() {
+                problems.push((
+                    field,
+                    "is not a valid header value (no control characters)".into(),
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// Checks a route path before it reaches the router, which would otherwise
+/// refuse it later.
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} must start with `/`"));
+    }
+    if path == HEALTH_PATH {
+        return Err(format!("{HEALTH_PATH} is the gateway's health check"));
+    }
+    if path
+        .split('/')
+        .any(|s| s.starts_with(':') || s.starts_with('*'))
+    {
+        return Err(format!(
+            "{path:?}: parameters are written `{{name}}` and a catch-all `{{*name}}`"
+        ));
+    }
+    matchit::Router::new()
+        .insert(path, ())
+        .map_err(|e| format!("{path:?} is not a valid path pattern: {e}"))
+}
+
+fn path_conflict(error: &matchit::InsertError, routes: &BTreeMap<String, RouteConfig>) -> String {
+    match error {
+        matchit::InsertError::Conflict { with } => {
+            let other = routes
+                .iter()
+                .find(|(_, r)| &r.path == with)
+                .map_or(String::new(), |(n, _)| format!(" (route {n})"));
+            format!("conflicts with the path {with:?}{other}")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn check_heartbeat_line(line: &str) -> Result<(), String> {
+    if line.contains(['\n', '\r']) {
+        return Err("must be one line".into());
+    }
+    serde_json::from_str::<serde_json::Value>(line)
+        .map(drop)
+        .map_err(|e| format!("must be one JSON value: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(path: &str) -> RouteConfig {
+        let mut r = RouteConfig::new(path);
+        r.backends
+            .insert("demo".into(), BackendConfig::Demo(Default::default()));
+        r
+    }
+
+    #[test]
+    fn validation_names_every_problem_with_its_key() {
+        let mut bad = route("jobs");
+        bad.heartbeat = Duration::ZERO;
+        bad.ndjson_heartbeat = "{not json".into();
+        bad.pass_headers = vec!["bad header".into()];
+        bad.backends.clear();
+        let config = GatewayConfig {
+            server: ServerConfig {
+                max_streams: 0,
+                ..ServerConfig::default()
+            },
+            routes: BTreeMap::from([
+                ("a".into(), route("/x/{id}")),
+                ("b".into(), route("/x/{other}")),
+                ("c".into(), bad),
+                ("d".into(), route(HEALTH_PATH)),
+            ]),
+        };
+        let keys: Vec<_> = config.validate().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.max_streams",
+                "routes.b.path",
+                "routes.c.path",
+                "routes.c.heartbeat",
+                "routes.c.ndjson_heartbeat",
+                "routes.c.pass_headers",
+                "routes.c.backends",
+                "routes.d.path",
+            ]
+        );
+    }
+
+    #[test]
+    fn old_style_parameters_are_explained() {
+        let err = check_path("/jobs/:id").unwrap_err();
+        assert!(err.contains("{name}"), "{err}");
+        assert!(check_path("/jobs/{id}/{*rest}").is_ok());
+    }
+}

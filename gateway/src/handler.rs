@@ -1,0 +1,270 @@
+//! The request path of a stream: match, check, negotiate, open, respond.
+//!
+//! Everything that can fail is done before the status is sent, so that it
+//! can still be a real status with a JSON body: unknown path (404), method
+//! (405), format (406, or 400 for a bad `?format=`), shutdown or full (503),
+//! body too large (413) or not JSON (400), a `Last-Event-ID` that is not this
+//! route's (400), and every backend's `open`. After that, the stream.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use backends::RequestContext;
+use serde_json::Value;
+
+use crate::cursor::Cursor;
+use crate::error::ApiError;
+use crate::fanin;
+use crate::negotiate::{self, Format, Refusal};
+use crate::route::Route;
+use crate::server::Gateway;
+use crate::session::Session;
+
+/// The reference's header naming the public host, from CloudFront's copy of
+/// the viewer's `Host`.
+const ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-original-host");
+const REQUEST_HOST: HeaderName = HeaderName::from_static("x-request-host");
+const ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+/// Query parameter that can carry `Last-Event-ID` (for clients that cannot
+/// set headers on a reconnect, as `EventSource` polyfills cannot).
+const LAST_EVENT_ID_PARAM: &str = "lastEventId";
+
+/// Answers every request that is not `/healthz`.
+pub async fn dispatch(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
+    let response = match stream(&gateway, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    with_vary(response)
+}
+
+/// `Vary: Accept` on every answer of a stream route, errors included: the
+/// same URL answers differently by `Accept`.
+fn with_vary(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    response
+}
+
+async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let Ok(matched) = gateway.routes.at(path) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no stream route matches {path}"),
+        ));
+    };
+    let route = Arc::clone(matched.value);
+    let params: BTreeMap<String, String> = matched
+        .params
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            )
+        })
+        .collect();
+    if !route.allows(&parts.method) {
+        let allow = route.allow_header();
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed here; use {allow}", parts.method),
+        )
+        .with_header(
+            header::ALLOW,
+            HeaderValue::try_from(allow).unwrap_or(HeaderValue::from_static("GET")),
+        ));
+    }
+    let query: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let format = negotiate_format(&parts.headers, &query)?;
+    if parts.method == Method::HEAD {
+        return Ok(stream_response(
+            &route,
+            format,
+            &parts.headers,
+            Body::empty(),
+        ));
+    }
+    if gateway.shutdown.is_cancelled() {
+        return Err(unavailable(
+            "the gateway is shutting down; retry on another instance",
+        ));
+    }
+    let Ok(permit) = Arc::clone(&gateway.streams).try_acquire_owned() else {
+        return Err(unavailable(format!(
+            "the gateway holds its maximum of {} open streams",
+            gateway.config.max_streams
+        )));
+    };
+
+    let last_event_id = parts
+        .headers
+        .get(LAST_EVENT_ID)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("Last-Event-ID must be visible ASCII"))
+        })
+        .transpose()?
+        .map(str::to_string)
+        .or_else(|| {
+            query
+                .iter()
+                .find(|(k, _)| k == LAST_EVENT_ID_PARAM)
+                .map(|(_, v)| v.clone())
+        });
+    let cursor = Cursor::parse(Arc::clone(&route.sources), last_event_id.as_deref())
+        .map_err(ApiError::bad_request)?;
+    let body = read_json_body(&parts.headers, body, gateway.config.max_body_bytes).await?;
+
+    let mut passed = HeaderMap::new();
+    for name in &route.pass_headers {
+        for value in parts.headers.get_all(name) {
+            passed.append(name.clone(), value.clone());
+        }
+    }
+    let context = RequestContext {
+        method: parts.method.clone(),
+        path: path.to_string(),
+        params,
+        query,
+        headers: passed,
+        body,
+        last_event_id: None,
+    };
+    let contexts: Vec<RequestContext> = (0..route.backends.len())
+        .map(|i| RequestContext {
+            last_event_id: cursor.position(i).map(str::to_string),
+            ..context.clone()
+        })
+        .collect();
+    let events = fanin::open(&route.backends, &contexts).await?;
+    let session = Session::new(
+        Arc::clone(&route),
+        format,
+        events,
+        cursor,
+        gateway.shutdown.clone().cancelled_owned(),
+        permit,
+    );
+    tracing::info!(route = %route.name, %format, path, "Stream opened");
+    Ok(stream_response(
+        &route,
+        format,
+        &parts.headers,
+        Body::from_stream(session),
+    ))
+}
+
+fn negotiate_format(headers: &HeaderMap, query: &[(String, String)]) -> Result<Format, ApiError> {
+    let param = query
+        .iter()
+        .find(|(k, _)| k == "format")
+        .map(|(_, v)| v.as_str());
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    negotiate::negotiate(param, accept).map_err(|refusal| match refusal {
+        Refusal::NotAcceptable => ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "not_acceptable",
+            "Accept allows none of the formats this route streams",
+        )
+        .with("offered", negotiate::OFFERED.to_vec()),
+        Refusal::UnknownFormat(f) => ApiError::bad_request(format!(
+            "format={f:?} is unknown; use format=sse or format=ndjson"
+        )),
+    })
+}
+
+fn unavailable(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+}
+
+/// Reads the body up to `limit` bytes and parses it as JSON; an empty body
+/// is `None`. The `Content-Type` is not required to say JSON, so that
+/// `curl -d '{"text":"hi"}'` works as it reads.
+async fn read_json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Option<Value>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(e) if is_length_limit(&e) => return Err(too_large()),
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "could not read the request body: {e}"
+            )));
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn stream_response(route: &Route, format: Format, request: &HeaderMap, body: Body) -> Response {
+    let host = request
+        .get(ORIGINAL_HOST)
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("unknown"));
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(ACCEL_BUFFERING, HeaderValue::from_static("no"));
+    headers.insert(REQUEST_HOST, host);
+    for (name, value) in &route.response_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    response
+}

@@ -1,0 +1,129 @@
+//! The `gateway` binary: reads the config, then serves until SIGTERM/SIGINT.
+//! It only wires the library's parts together.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gateway::Gateway;
+use gateway::config::{self, GatewayConfig, LogFormat, Source};
+use tokio::net::TcpListener;
+
+/// Streams events from configured backends as NDJSON or Server-Sent Events.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (.toml, .yaml, .yml or .json); without one, the built-in
+    /// default config serves the reference stream on `/`. `GATEWAY__…`
+    /// variables override any key (`GATEWAY__SERVER__PORT=9090`).
+    #[arg(short, long, env = "GATEWAY_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Validate a config (PATH, else --config, else the built-in one), print
+    /// every problem, and exit 0 when it is valid or 2 when it is not.
+    CheckConfig {
+        /// The config file to check.
+        path: Option<PathBuf>,
+    },
+}
+
+/// Exit status for an invalid configuration (as for bad command-line usage).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (path, check_only) = match cli.command {
+        Some(Command::CheckConfig { path }) => (path.or(cli.config), true),
+        Some(Command::Serve) | None => (cli.config, false),
+    };
+    let source = path.as_deref().map_or(Source::Default, Source::File);
+    let config = match config::load(source, None) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if check_only {
+        let origin = path.map_or("built-in default config".into(), |p| {
+            p.display().to_string()
+        });
+        println!(
+            "{origin}: ok ({} route{})",
+            config.routes.len(),
+            if config.routes.len() == 1 { "" } else { "s" }
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(config.server.log_format);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("gateway: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    let gateway = Arc::new(Gateway::from_config(&config)?);
+    let addr = (config.server.host, config.server.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", addr.0, addr.1))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, routes = config.routes.len(), "Listening on http://{local}/");
+    let shutdown = gateway.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("Shutting down: closing open streams");
+        shutdown.cancel();
+    });
+    gateway::serve(listener, gateway).await?;
+    Ok(())
+}
+
+/// SIGTERM (Lambda, containers) or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

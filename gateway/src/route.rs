@@ -1,0 +1,147 @@
+//! A route as the server uses it: its backends built, its options checked
+//! and turned into the types the request path needs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use backends::Backend;
+
+use crate::config::{ConfigError, ConfigProblem, Envelope, ErrorPolicy, RouteConfig};
+use crate::encode::Encoder;
+use crate::negotiate::Format;
+
+/// One stream route, ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's name in the config.
+    pub name: Arc<str>,
+    /// The path pattern.
+    pub path: String,
+    /// Methods answered (plus `HEAD` where `GET` is).
+    pub methods: Vec<Method>,
+    /// Backend names, in route order; they tag events as their `source`.
+    pub sources: Arc<[Arc<str>]>,
+    /// The backends, in the same order.
+    pub backends: Vec<Arc<dyn Backend>>,
+    /// What a mid-stream failure does.
+    pub on_error: ErrorPolicy,
+    /// Whether events are written in an envelope.
+    pub envelope: bool,
+    /// Longest silence before a heartbeat.
+    pub heartbeat: Duration,
+    /// The NDJSON heartbeat line, without its newline.
+    pub ndjson_heartbeat: String,
+    /// The SSE reconnection delay.
+    pub retry: Duration,
+    /// Longest life of a stream.
+    pub max_lifetime: Duration,
+    /// Longest time without an event.
+    pub max_idle: Duration,
+    /// Request headers passed to the backends.
+    pub pass_headers: Vec<HeaderName>,
+    /// Headers added to every stream response.
+    pub response_headers: HeaderMap,
+}
+
+impl Route {
+    /// A route from its config, with its backends built from the config.
+    pub fn from_config(name: &str, config: &RouteConfig) -> Result<Self, ConfigError> {
+        let backends = config
+            .backends
+            .iter()
+            .map(|(name, backend)| (name.clone(), backend.build()))
+            .collect();
+        Self::new(name, config, backends)
+    }
+
+    /// A route from its options and the given backends (the config's
+    /// `backends` table is not used): how tests and embedders plug in
+    /// backends of their own.
+    pub fn new(
+        name: &str,
+        config: &RouteConfig,
+        backends: Vec<(String, Arc<dyn Backend>)>,
+    ) -> Result<Self, ConfigError> {
+        let mut problems = config.validate();
+        if backends.is_empty() {
+            problems.push((
+                "backends".into(),
+                "the route needs at least one backend".into(),
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError {
+                problems: problems
+                    .into_iter()
+                    .map(|(field, reason)| ConfigProblem {
+                        origin: format!("route {name}"),
+                        key: field,
+                        reason,
+                    })
+                    .collect(),
+            });
+        }
+        // Validated above: the names and values parse.
+        let pass_headers = config
+            .pass_headers
+            .iter()
+            .filter_map(|h| HeaderName::try_from(h.as_str()).ok())
+            .collect();
+        let response_headers = config
+            .response_headers
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    HeaderName::try_from(k).ok()?,
+                    HeaderValue::try_from(v).ok()?,
+                ))
+            })
+            .collect();
+        let envelope = match config.envelope {
+            Envelope::Auto => backends.len() > 1,
+            Envelope::Always => true,
+            Envelope::Never => false,
+        };
+        let (sources, backends): (Vec<Arc<str>>, Vec<_>) = backends
+            .into_iter()
+            .map(|(name, backend)| (Arc::from(name), backend))
+            .unzip();
+        Ok(Self {
+            name: Arc::from(name),
+            path: config.path.clone(),
+            methods: config.methods.iter().map(|m| m.as_method()).collect(),
+            sources: sources.into(),
+            backends,
+            on_error: config.on_error,
+            envelope,
+            heartbeat: config.heartbeat,
+            ndjson_heartbeat: config.ndjson_heartbeat.clone(),
+            retry: config.retry,
+            max_lifetime: config.max_lifetime,
+            max_idle: config.max_idle,
+            pass_headers,
+            response_headers,
+        })
+    }
+
+    /// Whether the route answers `method`.
+    pub fn allows(&self, method: &Method) -> bool {
+        self.methods.contains(method)
+            || (method == Method::HEAD && self.methods.contains(&Method::GET))
+    }
+
+    /// The value of an `Allow` header for the route.
+    pub fn allow_header(&self) -> String {
+        let mut names: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
+        if self.methods.contains(&Method::GET) {
+            names.push("HEAD");
+        }
+        names.join(", ")
+    }
+
+    /// The encoder for a stream of this route in `format`.
+    pub fn encoder(&self, format: Format) -> Encoder {
+        Encoder::new(format, self.envelope, self.retry, &self.ndjson_heartbeat)
+    }
+}

@@ -1,0 +1,147 @@
+//! The gateway as a service: its routes, its limits, its shutdown, and the
+//! one `app` and `serve` that the binary, Lambda and the tests all use.
+
+use std::io;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, ConfigProblem, GatewayConfig, HEALTH_PATH, ServerConfig};
+use crate::handler;
+use crate::route::Route;
+
+/// Everything a request needs: routes, limits, the shutdown signal.
+#[derive(Debug)]
+pub struct Gateway {
+    pub(crate) routes: matchit::Router<Arc<Route>>,
+    pub(crate) config: ServerConfig,
+    pub(crate) streams: Arc<Semaphore>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Gateway {
+    /// A gateway from a loaded config (see [`crate::config::load`]).
+    pub fn from_config(config: &GatewayConfig) -> Result<Self, ConfigError> {
+        let problems: Vec<ConfigProblem> = config
+            .validate()
+            .into_iter()
+            .map(|(key, reason)| ConfigProblem {
+                origin: "config".into(),
+                key,
+                reason,
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        let routes = config
+            .routes
+            .iter()
+            .map(|(name, route)| Route::from_config(name, route))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(config.server.clone(), routes)
+    }
+
+    /// A gateway serving `routes`.
+    pub fn new(config: ServerConfig, routes: Vec<Route>) -> Result<Self, ConfigError> {
+        let mut router = matchit::Router::new();
+        let mut problems = Vec::new();
+        for route in routes {
+            let (name, path) = (Arc::clone(&route.name), route.path.clone());
+            if let Err(e) = router.insert(path, Arc::new(route)) {
+                problems.push(ConfigProblem {
+                    origin: format!("route {name}"),
+                    key: "path".into(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(Self {
+            routes: router,
+            streams: Arc::new(Semaphore::new(
+                config.max_streams.min(Semaphore::MAX_PERMITS),
+            )),
+            config,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Cancel it to shut down: every open stream ends with a final event,
+    /// new streams are refused, and [`serve`] returns.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// How many streams are open now.
+    pub fn open_streams(&self) -> usize {
+        self.config.max_streams.min(Semaphore::MAX_PERMITS) - self.streams.available_permits()
+    }
+}
+
+/// The HTTP application: `/healthz`, and every stream route.
+pub fn app(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route(HEALTH_PATH, get(health))
+        .fallback(handler::dispatch)
+        .with_state(gateway)
+}
+
+/// Readiness for the Lambda adapter and load balancers: 200 while serving,
+/// 503 once shutting down.
+async fn health(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    if gateway.shutdown.is_cancelled() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "shutting_down"})),
+        )
+    } else {
+        (
+            StatusCode::OK,
+            axum::Json(json!({"status": "ok", "open_streams": gateway.open_streams()})),
+        )
+    }
+}
+
+/// Serves `gateway` on `listener` until its shutdown token is cancelled.
+///
+/// On shutdown every open stream is sent its final event at once; then
+/// connections get `shutdown_grace` to finish before `serve` returns anyway
+/// (a client that does not read must not hold the process).
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> io::Result<()> {
+    let shutdown = gateway.shutdown_token();
+    let grace = gateway.config.shutdown_grace;
+    // Events are small and must leave at once: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(listener, app(gateway))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result,
+        () = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "Connections still open after the shutdown grace; closing them"
+            );
+            Ok(())
+        }
+    }
+}

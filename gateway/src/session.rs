@@ -1,0 +1,243 @@
+//! One open stream: the response body that turns merged backend events into
+//! bytes, and adds what the backends do not know about.
+//!
+//! - Events are written as soon as they come; whatever is ready at once is
+//!   sent in one chunk (at most [`BATCH_BYTES`]), nothing waits for more.
+//! - A heartbeat goes out after `heartbeat` of silence.
+//! - After `max_lifetime`, after `max_idle` without an event, or on shutdown,
+//!   the stream ends with a `gateway.close` event carrying the last id.
+//! - A backend failure becomes a `gateway.error` event; with the `abort`
+//!   policy the stream then closes.
+//! - Dropping the session (the client went away) drops every backend stream,
+//!   which stops their work, and frees the stream's slot.
+//!
+//! One timer serves the three deadlines: it is armed at the earliest, and
+//! since activity only moves deadlines later, a timer that fires early is
+//! simply re-armed. Idle streams cost no timer work until a deadline comes.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::config::ErrorPolicy;
+use crate::cursor::Cursor;
+use crate::encode::{CloseReason, Encoder, error_event};
+use crate::fanin::Merged;
+use crate::negotiate::Format;
+use crate::route::Route;
+
+/// Largest chunk assembled from events that are ready at once.
+pub const BATCH_BYTES: usize = 64 * 1024;
+
+/// How a stream ended, for the log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Every backend ended.
+    Complete,
+    /// The gateway closed it.
+    Closed(CloseReason),
+}
+
+/// The response body of one stream.
+pub struct Session {
+    events: Merged,
+    route: Arc<Route>,
+    format: Format,
+    encoder: Encoder,
+    cursor: Cursor,
+    timer: Pin<Box<Sleep>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    opened: Instant,
+    lifetime_ends: Instant,
+    last_event: Instant,
+    last_write: Instant,
+    started: bool,
+    backends_done: bool,
+    end: Option<End>,
+    events_sent: u64,
+    bytes_sent: u64,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("route", &self.route.name)
+            .field("format", &self.format)
+            .field("events_sent", &self.events_sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A session streaming `events` for `route`; it holds `permit` (its slot
+    /// among the open streams) until it is dropped.
+    pub fn new(
+        route: Arc<Route>,
+        format: Format,
+        events: Merged,
+        cursor: Cursor,
+        shutdown: WaitForCancellationFutureOwned,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        let now = Instant::now();
+        let lifetime_ends = now + route.max_lifetime;
+        let encoder = route.encoder(format);
+        let mut session = Self {
+            events,
+            format,
+            encoder,
+            cursor,
+            timer: Box::pin(tokio::time::sleep_until(now)),
+            shutdown: Box::pin(shutdown),
+            opened: now,
+            lifetime_ends,
+            last_event: now,
+            last_write: now,
+            started: false,
+            backends_done: false,
+            end: None,
+            events_sent: 0,
+            bytes_sent: 0,
+            _permit: permit,
+            route,
+        };
+        let due = session.next_deadline();
+        session.timer.as_mut().reset(due);
+        session
+    }
+
+    fn next_deadline(&self) -> Instant {
+        self.lifetime_ends
+            .min(self.last_event + self.route.max_idle)
+            .min(self.last_write + self.route.heartbeat)
+    }
+
+    /// Moves every event that is ready into `buf`.
+    fn drain(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) {
+        while buf.len() < BATCH_BYTES {
+            match Pin::new(&mut self.events).poll_next(cx) {
+                Poll::Ready(Some((index, Ok(mut event)))) => {
+                    event.source = Arc::clone(&self.route.sources[index]);
+                    let id = event.id.as_ref().map(|id| self.cursor.advance(index, id));
+                    self.encoder.event(buf, &event, id.as_deref());
+                    self.events_sent += 1;
+                    self.last_event = Instant::now();
+                }
+                Poll::Ready(Some((index, Err(error)))) => {
+                    let source = &self.route.sources[index];
+                    tracing::warn!(route = %self.route.name, backend = %source, %error, "Backend failed mid-stream");
+                    self.encoder.event(buf, &error_event(source, &error), None);
+                    if self.route.on_error == ErrorPolicy::Abort {
+                        self.close(buf, CloseReason::Error);
+                        return;
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.backends_done = true;
+                    return;
+                }
+                Poll::Pending => return,
+            }
+        }
+    }
+
+    fn close(&mut self, buf: &mut BytesMut, reason: CloseReason) {
+        self.encoder.close(buf, reason, self.cursor.current());
+        self.end = Some(End::Closed(reason));
+    }
+
+    fn emit(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, Infallible>>> {
+        self.bytes_sent += chunk.len() as u64;
+        self.last_write = Instant::now();
+        Poll::Ready(Some(Ok(chunk)))
+    }
+}
+
+impl Stream for Session {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.end.is_some() {
+            return Poll::Ready(None);
+        }
+        let mut buf = BytesMut::new();
+        if !this.started {
+            this.started = true;
+            this.encoder.preamble(&mut buf);
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            this.close(&mut buf, CloseReason::Shutdown);
+            return this.emit(buf.freeze());
+        }
+        if !this.backends_done {
+            this.drain(cx, &mut buf);
+        }
+        if this.backends_done && this.end.is_none() {
+            // A body is never empty: an NDJSON stream with no event says so.
+            if this.bytes_sent == 0 && buf.is_empty() {
+                this.close(&mut buf, CloseReason::Empty);
+            } else {
+                this.end = Some(End::Complete);
+            }
+        }
+        if !buf.is_empty() {
+            return this.emit(buf.freeze());
+        }
+        if this.end.is_some() {
+            return Poll::Ready(None);
+        }
+        loop {
+            let due = this.next_deadline();
+            if due < this.timer.deadline() {
+                this.timer.as_mut().reset(due);
+            }
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            if now >= this.lifetime_ends {
+                this.close(&mut buf, CloseReason::Lifetime);
+                return this.emit(buf.freeze());
+            }
+            if now >= this.last_event + this.route.max_idle {
+                this.close(&mut buf, CloseReason::Idle);
+                return this.emit(buf.freeze());
+            }
+            if now >= this.last_write + this.route.heartbeat {
+                let heartbeat = this.encoder.heartbeat();
+                return this.emit(heartbeat);
+            }
+            // Fired early: activity moved the deadline later.
+            this.timer.as_mut().reset(due);
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let reason = match self.end {
+            Some(End::Complete) => "complete",
+            Some(End::Closed(reason)) => reason.as_str(),
+            None => "client_gone",
+        };
+        tracing::info!(
+            route = %self.route.name,
+            format = %self.format,
+            reason,
+            events = self.events_sent,
+            bytes = self.bytes_sent,
+            duration_ms = self.opened.elapsed().as_millis() as u64,
+            "Stream ended"
+        );
+    }
+}
