@@ -1,13 +1,14 @@
 //! Mock backends for the gateway's own tests (feature `testing`).
 //!
-//! A [`Mock`] plays a script of steps (an event, a pause, a failure, or
-//! waiting forever), can refuse to open, records the contexts it was opened
-//! with, and counts its live streams so a test can prove that a client going
-//! away stops the backend's work.
+//! A [`Mock`] plays a script of steps (an event, a pause, a failure, a gate
+//! the test opens, or waiting forever), can refuse to open, records the
+//! contexts it was opened with, and counts its live streams so a test can
+//! prove that a client going away stops the backend's work.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -23,6 +24,9 @@ pub enum Step {
     Sleep(Duration),
     /// Yield this failure (the stream goes on with the next step).
     Fail(BackendError),
+    /// Wait until the test calls `notify_one` on the gate (a call made before
+    /// the stream gets here is kept, so there is no race).
+    Gate(Arc<Notify>),
     /// Never yield again and never end; only dropping the stream stops it.
     Pending,
     /// Yield numbered events (`1`, `2`, ...) every interval, forever.
@@ -34,8 +38,15 @@ pub enum Step {
 pub struct Mock {
     script: Vec<Step>,
     open_error: Option<BackendError>,
-    live: Arc<AtomicUsize>,
+    live: Arc<Live>,
     opened: Arc<Mutex<Vec<RequestContext>>>,
+}
+
+/// The count of live streams, and a way to wait for it to change.
+#[derive(Debug, Default)]
+struct Live {
+    count: AtomicUsize,
+    changed: Notify,
 }
 
 impl Mock {
@@ -57,7 +68,21 @@ impl Mock {
 
     /// How many of this mock's streams are alive (opened and not yet dropped).
     pub fn live(&self) -> usize {
-        self.live.load(Ordering::SeqCst)
+        self.live.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until none of this mock's streams is alive: every stream it
+    /// opened was dropped, and so its work stopped.
+    pub async fn all_dropped(&self) {
+        loop {
+            let changed = self.live.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.live() == 0 {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// The contexts this mock was opened with, in order.
@@ -72,11 +97,12 @@ pub fn event(id: &str, name: &str, data: serde_json::Value) -> Event {
 }
 
 /// Decrements the live counter when the stream is dropped.
-struct LiveGuard(Arc<AtomicUsize>);
+struct LiveGuard(Arc<Live>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -89,12 +115,15 @@ impl Backend for Mock {
         if let Some(err) = &self.open_error {
             return Err(err.clone());
         }
-        self.live.fetch_add(1, Ordering::SeqCst);
+        self.live.count.fetch_add(1, Ordering::SeqCst);
         let guard = LiveGuard(Arc::clone(&self.live));
         let steps = futures::stream::iter(self.script.clone()).flat_map(|step| match step {
             Step::Event(e) => futures::stream::once(async move { Ok(e) }).boxed(),
             Step::Fail(e) => futures::stream::once(async move { Err(e) }).boxed(),
             Step::Sleep(d) => futures::stream::once(tokio::time::sleep(d))
+                .filter_map(|()| async { None })
+                .boxed(),
+            Step::Gate(gate) => futures::stream::once(async move { gate.notified().await })
                 .filter_map(|()| async { None })
                 .boxed(),
             Step::Pending => futures::stream::pending().boxed(),

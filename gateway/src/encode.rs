@@ -118,6 +118,7 @@ impl Encoder {
     pub fn preamble(&self, buf: &mut BytesMut) {
         if self.format == Format::Sse {
             sse::write_retry(buf, self.retry_millis);
+            buf.put_u8(b'\n');
         }
     }
 
@@ -148,7 +149,8 @@ impl Encoder {
         }
     }
 
-    /// Writes the closing event, carrying the id to resume from.
+    /// Writes the closing event, carrying the id to resume from and, in SSE,
+    /// the reconnection delay in the same block.
     pub fn close(&self, buf: &mut BytesMut, reason: CloseReason, last_id: Option<&str>) {
         if self.format == Format::Sse {
             sse::write_retry(buf, self.retry_millis);
@@ -243,7 +245,7 @@ mod tests {
         encoder.close(&mut buf, CloseReason::Lifetime, Some("5"));
         assert_eq!(
             std::str::from_utf8(&buf).unwrap(),
-            "retry: 1500\n\nid: 5\nevent: gateway.close\n\
+            "retry: 1500\nid: 5\nevent: gateway.close\n\
              data: {\"event\":\"gateway.close\",\"reason\":\"lifetime\",\"last_event_id\":\"5\"}\n\n"
         );
     }

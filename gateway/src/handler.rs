@@ -94,12 +94,12 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         .unwrap_or_default();
     let format = negotiate_format(&parts.headers, &query)?;
     if parts.method == Method::HEAD {
-        return Ok(stream_response(
-            &route,
-            format,
-            &parts.headers,
-            Body::empty(),
-        ));
+        // The headers a GET would get, without opening the backends. The body
+        // has an unknown length, like a stream's (an empty body would make the
+        // answer claim length 0); HEAD never sends it.
+        let unsized_body = futures::stream::pending::<Result<Bytes, std::convert::Infallible>>();
+        let body = Body::from_stream(unsized_body);
+        return Ok(stream_response(&route, format, &parts.headers, body));
     }
     if gateway.shutdown.is_cancelled() {
         return Err(unavailable(

@@ -45,11 +45,12 @@ pub fn write_event(buf: &mut BytesMut, id: Option<&str>, name: Option<&str>, dat
     buf.put_u8(b'\n');
 }
 
-/// Writes a `retry:` field on its own (it dispatches no event).
+/// Writes a `retry:` field line. Followed by a blank line it stands alone
+/// (no event is dispatched); followed by an event's fields it belongs to it.
 pub fn write_retry(buf: &mut BytesMut, millis: u128) {
     buf.put_slice(b"retry: ");
     buf.put_slice(millis.to_string().as_bytes());
-    buf.put_slice(b"\n\n");
+    buf.put_u8(b'\n');
 }
 
 /// A comment, which clients ignore: used as the heartbeat.

@@ -1,1 +1,186 @@
+//! What the black-box tests share: a gateway on a real listener at
+//! `127.0.0.1:0`, a real HTTP client, readers for both wire formats, and an
+//! `Echo` backend that streams whatever events the request body describes.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use backends::{Backend, BackendError, Data, Event, EventStream, RequestContext};
+use futures::StreamExt;
+use gateway::Gateway;
+use gateway::config::{self, GatewayConfig, RouteConfig, ServerConfig, Source};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A gateway serving on a loopback port until dropped or shut down.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The gateway, for its shutdown token and counters.
+    pub gateway: Arc<Gateway>,
+    /// The serving task; it ends after shutdown.
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    /// Serves `gateway` on a fresh loopback port.
+    pub async fn start(gateway: Gateway) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let gateway = Arc::new(gateway);
+        let task = tokio::spawn(gateway::serve(listener, Arc::clone(&gateway)));
+        Self {
+            addr,
+            gateway,
+            task,
+        }
+    }
+
+    /// Serves a loaded config.
+    pub async fn from_config(config: &GatewayConfig) -> Self {
+        Self::start(Gateway::from_config(config).expect("valid config")).await
+    }
+
+    /// Serves the built-in default config (the reference stream on `/`).
+    pub async fn default_config() -> Self {
+        let config = config::load(Source::Default, Some(HashMap::new())).expect("default config");
+        Self::from_config(&config).await
+    }
+
+    /// Serves one route on `path` with `backends`, `edit` adjusting its
+    /// options, and `server` limits.
+    pub async fn route(
+        path: &str,
+        backends: Vec<(&str, Arc<dyn Backend>)>,
+        edit: impl FnOnce(&mut RouteConfig),
+        server: ServerConfig,
+    ) -> Self {
+        let mut options = RouteConfig::new(path);
+        edit(&mut options);
+        let backends = backends
+            .into_iter()
+            .map(|(n, b)| (n.to_string(), b))
+            .collect();
+        let route = gateway::Route::new("test", &options, backends).expect("valid route");
+        Self::start(Gateway::new(server, vec![route]).expect("valid gateway")).await
+    }
+
+    /// The URL of `path` on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// A plain HTTP client (no proxy, no compression).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// The reference stream's objects, as lines, exactly.
+pub const REFERENCE_LINES: [&str; 6] = [
+    r#"{"event":"start","message":"streaming begin"}"#,
+    r#"{"event":"data","index":0,"token":"Hello"}"#,
+    r#"{"event":"data","index":1,"token":" "}"#,
+    r#"{"event":"data","index":2,"token":"World"}"#,
+    r#"{"event":"data","index":3,"token":"!"}"#,
+    r#"{"event":"end","message":"done"}"#,
+];
+
+/// Reads a whole body as text.
+pub async fn text(response: reqwest::Response) -> String {
+    response.text().await.expect("body")
+}
+
+/// A response body as a stream of parsed SSE events, by an independent
+/// parser (eventsource-stream).
+pub fn sse_events(
+    response: reqwest::Response,
+) -> impl futures::Stream<Item = eventsource_stream::Event> + Unpin {
+    use eventsource_stream::Eventsource;
+    response
+        .bytes_stream()
+        .eventsource()
+        .map(|e| e.expect("valid SSE"))
+        .boxed()
+}
+
+/// Every SSE event of a whole response.
+pub async fn all_sse_events(response: reqwest::Response) -> Vec<eventsource_stream::Event> {
+    sse_events(response).collect().await
+}
+
+/// A response body as a stream of NDJSON lines (each checked to be one
+/// JSON value).
+pub fn ndjson_lines(response: reqwest::Response) -> impl futures::Stream<Item = String> + Unpin {
+    let mut pending = Vec::new();
+    response
+        .bytes_stream()
+        .map(move |chunk| {
+            pending.extend_from_slice(&chunk.expect("body chunk"));
+            let mut lines = Vec::new();
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = String::from_utf8(line[..end].to_vec()).expect("UTF-8 line");
+                serde_json::from_str::<Value>(&line)
+                    .unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"));
+                lines.push(line);
+            }
+            futures::stream::iter(lines)
+        })
+        .flatten()
+        .boxed()
+}
+
+/// Every NDJSON line of a whole response, parsed.
+pub async fn all_ndjson(response: reqwest::Response) -> Vec<Value> {
+    ndjson_lines(response)
+        .map(|l| serde_json::from_str(&l).expect("JSON line"))
+        .collect()
+        .await
+}
+
+/// Streams the events the request body lists, then ends:
+/// `{"events": [{"id": "1", "name": "n", "data": <JSON>, "text": "t"}, …]}`
+/// (`data` gives a JSON payload, `text` a text one; `id`, `name` optional).
+/// It lets one server stream arbitrary events, case after case.
+#[derive(Debug)]
+pub struct Echo;
+
+#[async_trait]
+impl Backend for Echo {
+    async fn open(&self, ctx: &RequestContext) -> Result<EventStream, BackendError> {
+        let events = ctx
+            .body
+            .as_ref()
+            .and_then(|b| b.get("events"))
+            .and_then(Value::as_array)
+            .cloned()
+            .ok_or_else(|| BackendError::bad_request("expected {\"events\": [...]}"))?;
+        let events: Vec<Result<Event, BackendError>> = events
+            .iter()
+            .map(|e| {
+                let data = match (e.get("data"), e.get("text").and_then(Value::as_str)) {
+                    (Some(json), _) => Data::json(json),
+                    (None, Some(text)) => Data::text(text),
+                    (None, None) => Data::json(&Value::Null),
+                };
+                let mut event = Event::new(data);
+                if let Some(id) = e.get("id").and_then(Value::as_str) {
+                    event = event.with_id(id);
+                }
+                if let Some(name) = e.get("name").and_then(Value::as_str) {
+                    event = event.with_name(name);
+                }
+                Ok(event)
+            })
+            .collect();
+        Ok(futures::stream::iter(events).boxed())
+    }
+}

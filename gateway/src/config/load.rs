@@ -350,3 +350,163 @@ fn is_missing_field(error: &DeError) -> bool {
         other => other.to_string().starts_with("missing field"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use backends::BackendConfig;
+    use backends::demo::DemoConfig;
+
+    use super::*;
+    use crate::config::RouteConfig;
+
+    fn no_env() -> Option<HashMap<String, String>> {
+        Some(HashMap::new())
+    }
+
+    #[test]
+    fn default_toml_is_exactly_the_documented_defaults() {
+        let loaded = load(Source::Default, no_env()).unwrap();
+        let mut route = RouteConfig::new("/");
+        route
+            .backends
+            .insert("demo".into(), BackendConfig::Demo(DemoConfig::default()));
+        let expected = GatewayConfig {
+            server: ServerConfig::default(),
+            routes: BTreeMap::from([("reference".into(), route)]),
+        };
+        assert_eq!(loaded, expected);
+    }
+
+    #[test]
+    fn every_example_loads() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if let Err(e) = load(Source::File(&path), no_env()) {
+                panic!("{}: {e}", path.display());
+            }
+            seen += 1;
+        }
+        assert!(seen >= 3);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = HashMap::from([
+            ("GATEWAY__SERVER__PORT".to_string(), "9090".to_string()),
+            ("GATEWAY__ROUTES__REFERENCE__HEARTBEAT".into(), "5s".into()),
+            ("GATEWAY_CONFIG".into(), "ignored.toml".into()),
+        ]);
+        let config = load(Source::Default, Some(env)).unwrap();
+        assert_eq!(config.server.port, 9090);
+        assert_eq!(
+            config.routes["reference"].heartbeat,
+            std::time::Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn every_problem_at_once_with_origin_key_and_reason() {
+        let dir = std::env::temp_dir().join(format!("gateway-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(
+            &path,
+            r#"
+[server]
+port = "abc"
+bogus = 1
+[routes.api]
+path = "/api/{id}"
+heartbeat = "5 parsecs"
+methods = ["GET", "get"]
+colour = "red"
+[routes.api.backends.t]
+type = "ticker"
+interval = "fast"
+count = "x"
+[routes.api.backends.k]
+type = "kafka"
+[routes.nopath.backends.d]
+type = "demo"
+[routes.ok]
+path = "/ok"
+max_idle = "0s"
+[routes.ok.backends.d]
+type = "ticker"
+payload_bytes = 99999999
+"#,
+        )
+        .unwrap();
+        let env = HashMap::from([(
+            "GATEWAY__SERVER__SHUTDOWN_GRACE".to_string(),
+            "soon".to_string(),
+        )]);
+        let err = load(Source::File(&path), Some(env)).unwrap_err();
+        let file = path.display().to_string();
+        let got: Vec<(String, String)> = err
+            .problems
+            .iter()
+            .map(|p| (p.origin.clone(), p.key.clone()))
+            .collect();
+        let env_origin = "environment variable GATEWAY__SERVER__SHUTDOWN_GRACE".to_string();
+        let expected: Vec<(String, String)> = [
+            (&file, "server.port"),
+            (&file, "server.bogus"),
+            (&env_origin, "server.shutdown_grace"),
+            (&file, "routes.api.heartbeat"),
+            (&file, "routes.api.methods[1]"),
+            (&file, "routes.api.colour"),
+            (&file, "routes.api.backends.t.interval"),
+            (&file, "routes.api.backends.t.count"),
+            (&file, "routes.api.backends.k.type"),
+            (&file, "routes.nopath"),
+            (&file, "routes.ok.max_idle"),
+            (&file, "routes.ok.backends.d.payload_bytes"),
+        ]
+        .into_iter()
+        .map(|(o, k)| (o.clone(), k.to_string()))
+        .collect();
+        assert_eq!(got, expected, "{err}");
+        let text = err.to_string();
+        for reason in [
+            "invalid type: string \"abc\", expected an integer",
+            "unknown field `bogus`",
+            "expected a duration",
+            "unknown value \"get\"; expected one of \"GET\"",
+            "unknown variant `kafka`, expected `demo` or `ticker`",
+            "missing required key `path`",
+            "must be more than 0s",
+            "must be at most 1048576",
+        ] {
+            assert!(text.contains(reason), "{reason:?} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unreadable_or_unknown_files_are_one_clear_problem() {
+        let err = load(Source::File(Path::new("/nonexistent/gw.toml")), no_env()).unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert!(
+            err.to_string()
+                .contains("/nonexistent/gw.toml: cannot read the file"),
+            "{err}"
+        );
+        let err = load(Source::File(Path::new("gw.ini")), no_env()).unwrap_err();
+        assert!(err.to_string().contains("must end in .toml"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("gateway-syntax-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("broken.yaml");
+        std::fs::write(&path, "routes: [unclosed\n").unwrap();
+        let err = load(Source::File(&path), no_env()).unwrap_err();
+        assert!(err.to_string().contains("broken.yaml"), "{err}");
+    }
+}

@@ -1,0 +1,108 @@
+//! `Accept` and `?format=` over real HTTP: the format chosen, the 406, and
+//! `Vary: Accept` on every answer.
+
+use gateway_tests::{TestServer, client};
+use serde_json::Value;
+
+#[tokio::test]
+async fn accept_matrix() {
+    let server = TestServer::default_config().await;
+    let http = client();
+    let ndjson = Some("application/x-ndjson");
+    let sse = Some("text/event-stream");
+    let cases: &[(&[&str], &str, Option<&str>)] = &[
+        (&[], "", ndjson),
+        (&["*/*"], "", ndjson),
+        (&["application/x-ndjson"], "", ndjson),
+        (&["application/jsonl"], "", ndjson),
+        (&["application/json"], "", ndjson),
+        (&["text/event-stream"], "", sse),
+        (&["text/event-stream;charset=utf-8"], "", sse),
+        (&["text/*"], "", sse),
+        (
+            &["text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"],
+            "",
+            ndjson,
+        ),
+        (
+            &["application/json;q=0.4, text/event-stream;q=0.8"],
+            "",
+            sse,
+        ),
+        (
+            &["text/event-stream;q=0.2, application/*;q=0.5"],
+            "",
+            ndjson,
+        ),
+        (&["text/event-stream;q=0, */*"], "", ndjson),
+        (&["text/html"], "", None),
+        (&["text/html", "image/png"], "", None),
+        (&["*/*;q=0"], "", None),
+        (&["text/html"], "?format=sse", sse),
+        (&["text/event-stream"], "?format=ndjson", ndjson),
+        (&["text/html", "text/event-stream;q=0.1"], "", sse),
+    ];
+    for (accept, query, expected) in cases {
+        let mut request = http.head(server.url(&format!("/{query}")));
+        for value in *accept {
+            request = request.header("accept", *value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.headers()["vary"], "accept", "{accept:?}");
+        match expected {
+            Some(content_type) => {
+                assert_eq!(response.status(), 200, "{accept:?} {query}");
+                assert_eq!(
+                    response.headers()["content-type"],
+                    *content_type,
+                    "{accept:?} {query}"
+                );
+            }
+            None => assert_eq!(response.status(), 406, "{accept:?} {query}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn not_acceptable_lists_what_is_offered() {
+    let server = TestServer::default_config().await;
+    let response = client()
+        .get(server.url("/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 406);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.headers()["vary"], "accept");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], 406);
+    assert_eq!(body["error"], "not_acceptable");
+    assert_eq!(
+        body["offered"],
+        serde_json::json!([
+            "application/x-ndjson",
+            "application/jsonl",
+            "application/json",
+            "text/event-stream"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn unknown_format_parameter_is_a_bad_request() {
+    let server = TestServer::default_config().await;
+    let response = client()
+        .get(server.url("/?format=xml"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["vary"], "accept");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "bad_request");
+    assert!(
+        body["message"].as_str().unwrap().contains("format=sse"),
+        "{body}"
+    );
+}
