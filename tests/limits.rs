@@ -205,3 +205,36 @@ async fn a_merged_route_refuses_a_cursor_that_is_not_its_own() {
         "{body}"
     );
 }
+
+/// A client that declares a body and then stalls is answered 408 when the
+/// body timeout passes, and its stream slot is free again.
+#[tokio::test(start_paused = true)]
+async fn a_body_that_does_not_arrive_is_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::route(
+        "/",
+        vec![("demo", demo())],
+        |_| {},
+        ServerConfig {
+            body_timeout: Duration::from_secs(10),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"text\":")
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed without an answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(start.elapsed() >= Duration::from_secs(10));
+    assert_eq!(server.gateway.open_streams(), 0);
+}

@@ -130,7 +130,17 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         });
     let cursor = Cursor::parse(Arc::clone(&route.sources), last_event_id.as_deref())
         .map_err(ApiError::bad_request)?;
-    let body = read_json_body(&parts.headers, body, gateway.config.max_body_bytes).await?;
+    let limit = gateway.config.max_body_bytes;
+    let timeout = gateway.config.body_timeout;
+    let body = tokio::time::timeout(timeout, read_json_body(&parts.headers, body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {timeout:?}"),
+            )
+        })??;
 
     let mut passed = HeaderMap::new();
     for name in &route.pass_headers {
@@ -162,7 +172,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         gateway.shutdown.clone().cancelled_owned(),
         permit,
     );
-    tracing::info!(route = %route.name, %format, path, "Stream opened");
+    tracing::debug!(route = %route.name, %format, path, "Stream opened");
     Ok(stream_response(
         &route,
         format,

@@ -43,6 +43,10 @@ pub struct ServerConfig {
     /// backend is opened. Default: `1048576` (1 MiB, what CloudFront's edge
     /// functions can see of a body).
     pub max_body_bytes: usize,
+    /// Longest time to receive a request body; a client slower than that is
+    /// answered 408 (it holds a stream slot while it sends). Default: `10s`.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// Most streams open at once; one more is refused with 503 and
     /// `Retry-After`. Default: `10000`.
     pub max_streams: usize,
@@ -62,6 +66,7 @@ impl Default for ServerConfig {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 8080,
             max_body_bytes: 1 << 20,
+            body_timeout: Duration::from_secs(10),
             max_streams: 10_000,
             shutdown_grace: Duration::from_millis(200),
             log_format: LogFormat::Plain,
@@ -283,6 +288,11 @@ impl GatewayConfig {
             |key: &str, reason: &str| problems.push((key.to_string(), reason.to_string()));
         if self.server.max_body_bytes == 0 {
             push("server.max_body_bytes", "must be at least 1");
+        }
+        if self.server.body_timeout.is_zero()
+            || self.server.body_timeout > Duration::from_secs(3600)
+        {
+            push("server.body_timeout", "must be more than 0s and at most 1h");
         }
         if self.server.max_streams == 0 {
             push("server.max_streams", "must be at least 1");
