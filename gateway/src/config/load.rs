@@ -292,8 +292,7 @@ impl Parser<'_> {
         self.problem(&full, reason);
     }
 
-    /// Records a problem at `key`, naming the origin of the value there (or
-    /// of the nearest table above it that has one).
+    /// Records a problem at `key`, naming where the value there came from.
     fn problem(&mut self, key: &str, reason: String) {
         let origin = self.origin_of(key);
         self.problems.push(ConfigProblem {
@@ -303,37 +302,56 @@ impl Parser<'_> {
         });
     }
 
+    /// Where the value at `key` came from: an environment variable, or else
+    /// the base file (whose values carry no origin of their own). For a key
+    /// that is missing, the nearest table above it that exists decides: it
+    /// came from the environment when everything in it did.
     fn origin_of(&self, key: &str) -> String {
-        let mut found: Option<(String, usize)> = None;
-        let mut table = Some(self.root);
         let segments: Vec<&str> = key
             .split('.')
             .map(|s| s.split('[').next().unwrap_or(s))
             .collect();
-        for (depth, segment) in segments.iter().enumerate() {
-            let Some(value) = table.and_then(|t| t.get(*segment)) else {
+        let mut path: Vec<&str> = Vec::new();
+        let mut table = self.root;
+        let mut deepest = None;
+        for segment in &segments {
+            let Some(value) = table.get(*segment) else {
                 break;
             };
-            if let Some(origin) = value.origin() {
-                found = Some((origin.to_string(), depth + 1));
+            path.push(segment);
+            deepest = Some(value);
+            match &value.kind {
+                ValueKind::Table(t) => table = t,
+                _ => break,
             }
-            table = match &value.kind {
-                ValueKind::Table(t) => Some(t),
-                _ => None,
-            };
         }
-        match found {
-            Some((origin, depth)) if origin == ENV_ORIGIN => {
-                let name: Vec<String> =
-                    segments[..depth].iter().map(|s| s.to_uppercase()).collect();
+        let mut leaf = path.iter().map(|s| s.to_string()).collect();
+        match deepest {
+            Some(value) if first_env_leaf(value, &mut leaf) => {
+                let name: Vec<String> = leaf.iter().map(|s| s.to_uppercase()).collect();
                 format!(
                     "environment variable {ENV_PREFIX}{ENV_SEPARATOR}{}",
                     name.join(ENV_SEPARATOR)
                 )
             }
-            Some((origin, _)) => origin,
-            None => self.default_origin.clone(),
+            _ => self.default_origin.clone(),
         }
+    }
+}
+
+/// Whether every value in `value` came from the environment; if so, `path`
+/// is extended to the first of them (the variable to name).
+fn first_env_leaf(value: &Value, path: &mut Vec<String>) -> bool {
+    match &value.kind {
+        ValueKind::Table(table) if !table.is_empty() => {
+            let all = table.values().all(|v| first_env_leaf(v, &mut Vec::new()));
+            if let (true, Some((key, first))) = (all, table.iter().next()) {
+                path.push(key.clone());
+                first_env_leaf(first, path);
+            }
+            all
+        }
+        _ => value.origin() == Some(ENV_ORIGIN),
     }
 }
 
@@ -485,6 +503,25 @@ payload_bytes = 99999999
         ] {
             assert!(text.contains(reason), "{reason:?} not in:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_route_made_only_of_variables_is_blamed_on_them() {
+        let env = HashMap::from([
+            ("GATEWAY__ROUTES__NEW__PATH".to_string(), "/x".to_string()),
+            ("GATEWAY__ROUTES__REFERENCE__MAX_IDLE".into(), "0s".into()),
+        ]);
+        let err = load(Source::Default, Some(env)).unwrap_err();
+        let got: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            got,
+            [
+                "environment variable GATEWAY__ROUTES__NEW__PATH: routes.new.backends: \
+                 the route needs at least one backend",
+                "environment variable GATEWAY__ROUTES__REFERENCE__MAX_IDLE: \
+                 routes.reference.max_idle: must be more than 0s",
+            ]
+        );
     }
 
     #[test]
