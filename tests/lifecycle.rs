@@ -243,3 +243,47 @@ async fn shutdown_ends_every_open_stream_with_its_last_id_and_stops_serving() {
             .is_err()
     );
 }
+
+/// A backend that always has an event ready.
+#[derive(Debug)]
+struct Flood;
+
+#[async_trait::async_trait]
+impl Backend for Flood {
+    async fn open(
+        &self,
+        _: &backends::RequestContext,
+    ) -> Result<backends::EventStream, backends::BackendError> {
+        let events =
+            futures::stream::iter(1u64..).map(|n| Ok(event(&n.to_string(), "f", json!(n))));
+        Ok(events.boxed())
+    }
+}
+
+/// The lifetime holds even when events never stop coming: a client that
+/// reads slower than the backend produces must still be closed on time.
+#[tokio::test(start_paused = true)]
+async fn the_lifetime_holds_against_a_backend_that_never_pauses() {
+    let server = one_route(Arc::new(Flood), |r| {
+        r.max_lifetime = Duration::from_secs(60)
+    })
+    .await;
+    let mut body = chunks(&server, "").await;
+    // The clock moves only when told: the client keeps everything busy.
+    for _ in 0..20 {
+        body.next().await.expect("a chunk");
+    }
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let mut tail = String::new();
+    for _ in 0..100 {
+        match body.next().await {
+            Some(chunk) => tail = String::from_utf8_lossy(&chunk).into_owned(),
+            None => break,
+        }
+    }
+    let last = tail.lines().last().expect("a last line");
+    let close: Value = serde_json::from_str(last).expect("JSON");
+    assert_eq!(close["event"], "gateway.close", "{last}");
+    assert_eq!(close["reason"], "lifetime");
+    assert!(body.next().await.is_none(), "the stream ended");
+}

@@ -1,16 +1,17 @@
 //! No payload can change the shape of an SSE stream: arbitrary ids, names and
 //! data (CR, LF, CRLF, NUL, any unicode) go through a real server and an
 //! independent parser, which must see exactly the events sent, with the
-//! documented replacements (CR, LF, NUL in ids and names become U+FFFD; the
-//! line breaks of text data arrive as LF). In an envelope, nothing is
-//! replaced at all: the JSON carries every value exactly.
+//! documented changes: CR, LF, NUL in names become U+FFFD; the line breaks of
+//! text data arrive as LF; an id arrives as a header-safe token (visible
+//! ASCII) that, sent back as `Last-Event-ID`, gives the backend exactly its
+//! id again. In an envelope the JSON carries every other value exactly.
 
 use std::sync::Arc;
 
 use backends::Backend;
 use futures::StreamExt;
 use gateway::config::{Envelope, ServerConfig};
-use gateway_tests::{Echo, TestServer, all_ndjson, client, sse_events};
+use gateway_tests::{Echo, TestServer, all_ndjson, client, resumed_id, sse_events};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -131,13 +132,19 @@ proptest! {
                 .unwrap();
             let got: Vec<_> = sse_events(response).collect().await;
             assert_eq!(got.len(), events.len(), "{events:?}");
-            // The last id persists over events that have none, as in a browser.
-            let mut last_id = String::new();
+            // The last id persists over events that have none (or an empty
+            // one), as in a browser; each token resumes at exactly its id.
+            let mut last_id = (String::new(), String::new());
             for (sent, got) in events.iter().zip(&got) {
-                if let Some(id) = &sent.id {
-                    last_id = sanitized(id);
+                if let Some(id) = sent.id.as_ref().filter(|id| !id.is_empty()) {
+                    assert!(got.id.bytes().all(|b| b.is_ascii_graphic()), "{:?}", got.id);
+                    last_id = (got.id.clone(), id.clone());
                 }
-                assert_eq!(got.id, last_id, "{events:?}");
+                assert_eq!(got.id, last_id.0, "{events:?}");
+                if !last_id.0.is_empty() {
+                    let resumed = resumed_id(&server.url("/echo"), &last_id.0).await;
+                    assert_eq!(resumed, json!(last_id.1), "{events:?}");
+                }
                 let name = sent.name.as_deref().map(sanitized).filter(|n| !n.is_empty());
                 assert_eq!(got.event, name.unwrap_or("message".into()), "{events:?}");
                 match &sent.data {
@@ -155,13 +162,16 @@ proptest! {
         let rt = runtime();
         rt.block_on(async {
             let server = server(Envelope::Always).await;
-            let expected: Vec<Value> = events
+            let body = request_body(&events);
+            let sse = client().post(server.url("/echo?format=sse")).json(&body).send().await.unwrap();
+            let from_sse: Vec<Value> = sse_events(sse)
+                .map(|e| serde_json::from_str(&e.data).unwrap())
+                .collect()
+                .await;
+            let mut expected: Vec<Value> = events
                 .iter()
                 .map(|e| {
                     let mut v = json!({ "source": "echo" });
-                    if let Some(id) = &e.id {
-                        v["id"] = json!(id);
-                    }
                     if let Some(name) = &e.name {
                         v["event"] = json!(name);
                     }
@@ -172,12 +182,14 @@ proptest! {
                     v
                 })
                 .collect();
-            let body = request_body(&events);
-            let sse = client().post(server.url("/echo?format=sse")).json(&body).send().await.unwrap();
-            let from_sse: Vec<Value> = sse_events(sse)
-                .map(|e| serde_json::from_str(&e.data).unwrap())
-                .collect()
-                .await;
+            // The envelope's id is the resume token, which gives back the id.
+            for ((sent, got), want) in events.iter().zip(&from_sse).zip(&mut expected) {
+                if let Some(id) = sent.id.as_ref().filter(|id| !id.is_empty()) {
+                    let token = got["id"].as_str().expect("an id");
+                    assert_eq!(resumed_id(&server.url("/echo"), token).await, json!(id));
+                    want["id"] = json!(token);
+                }
+            }
             assert_eq!(from_sse, expected);
             let ndjson = client().post(server.url("/echo?format=ndjson")).json(&body).send().await.unwrap();
             assert_eq!(all_ndjson(ndjson).await, expected);
@@ -203,4 +215,29 @@ async fn ndjson_lines_are_the_data_alone() {
         response.text().await.unwrap(),
         "{\"x\":\"line\\nbreak\"}\n\"plain\\r\\ntext\"\n[1,2]\n"
     );
+}
+
+/// Browsers send `Last-Event-ID` UTF-8 encoded: raw non-ASCII ids (from
+/// before tokens, or typed by hand) reach the backend intact.
+#[tokio::test]
+async fn a_raw_utf8_last_event_id_reaches_the_backend() {
+    let server = server(Envelope::Never).await;
+    let id = reqwest::header::HeaderValue::from_bytes("café-1".as_bytes()).unwrap();
+    let response = client()
+        .post(server.url("/echo"))
+        .header("last-event-id", id)
+        .json(&json!({"events": [], "echo_last_event_id": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "\"café-1\"\n");
+    // An empty header is no id, and the query parameter is used instead.
+    let response = client()
+        .post(server.url("/echo?lastEventId=7"))
+        .header("last-event-id", "")
+        .json(&json!({"events": [], "echo_last_event_id": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "\"7\"\n");
 }

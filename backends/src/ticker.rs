@@ -89,11 +89,15 @@ impl Backend for Ticker {
     async fn open(&self, ctx: &RequestContext) -> Result<EventStream, BackendError> {
         let first = match ctx.last_event_id.as_deref() {
             None => 1,
-            Some(last) => last.trim().parse::<u64>().map(|n| n + 1).map_err(|_| {
-                BackendError::bad_request(format!(
-                    "Last-Event-ID {last:?} is not a ticker sequence number"
-                ))
-            })?,
+            Some(last) => {
+                let last = last.trim().parse::<u64>().map_err(|_| {
+                    BackendError::bad_request(format!(
+                        "Last-Event-ID {last:?} is not a ticker sequence number"
+                    ))
+                })?;
+                // After the largest number there is nothing more.
+                last.checked_add(1).ok_or_else(BackendError::finished)?
+            }
         };
         let last = self.config.count.unwrap_or(u64::MAX);
         if first > last {
@@ -106,13 +110,12 @@ impl Backend for Ticker {
             timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
             timer
         });
-        let stream = futures::stream::unfold((first, timer), move |(seq, mut timer)| {
+        let stream = futures::stream::unfold((Some(first), timer), move |(seq, mut timer)| {
             let name = Arc::clone(&name);
             let pad = Arc::clone(&pad);
             async move {
-                if seq > last {
-                    return None;
-                }
+                // `None` once `u64::MAX` was sent.
+                let seq = seq.filter(|seq| *seq <= last)?;
                 match timer.as_mut() {
                     Some(timer) => {
                         timer.tick().await;
@@ -120,7 +123,7 @@ impl Backend for Ticker {
                     // Without a pause, let other tasks run between events.
                     None => tokio::task::yield_now().await,
                 }
-                Some((Ok(tick(seq, name, &pad)), (seq + 1, timer)))
+                Some((Ok(tick(seq, name, &pad)), (seq.checked_add(1), timer)))
             }
         });
         Ok(stream.boxed())
@@ -173,6 +176,28 @@ mod tests {
         assert_eq!(data["pad"], "xxxx");
         assert!(data["ts_us"].as_u64().unwrap() > 0);
         assert_eq!(events[0].0.name.as_deref(), Some("tick"));
+    }
+
+    #[tokio::test]
+    async fn the_largest_ids_end_instead_of_wrapping() {
+        let ticker = Ticker::new(TickerConfig {
+            interval: Duration::ZERO,
+            ..TickerConfig::default()
+        });
+        let at = |id: u64| RequestContext {
+            last_event_id: Some(id.to_string()),
+            ..RequestContext::default()
+        };
+        let err = ticker.open(&at(u64::MAX)).await.err().unwrap();
+        assert_eq!(err.kind, crate::ErrorKind::Finished);
+        let ids: Vec<_> = ticker
+            .open(&at(u64::MAX - 2))
+            .await
+            .unwrap()
+            .map(|e| e.unwrap().id.unwrap().to_string())
+            .collect()
+            .await;
+        assert_eq!(ids, [(u64::MAX - 1).to_string(), u64::MAX.to_string()]);
     }
 
     #[tokio::test]

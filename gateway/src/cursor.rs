@@ -1,12 +1,37 @@
 //! Where a client is in a route's stream: the `Last-Event-ID` it resumes from.
 //!
-//! A route with one backend uses that backend's ids unchanged. A route that
-//! merges several needs the position in each: its ids are cursors written as
-//! a URL-encoded form, `name=id&name=id` (names in route order, only backends
-//! that have sent an id). Any id or name survives the encoding, and a cursor
-//! is short enough for a header.
+//! An id must survive two trips: out as one SSE `id:` line, back as a
+//! `Last-Event-ID` header (which proxies may refuse with non-ASCII bytes, and
+//! which loses leading and trailing spaces). So:
+//!
+//! - a route with one backend uses the backend's ids with `%`, control
+//!   characters, spaces and non-ASCII percent-encoded: the ids backends
+//!   really use (`5`, `1700000000000-0`, UUIDs) are unchanged, and any other
+//!   id still comes back exactly;
+//! - a route that merges several needs the position in each: its ids are
+//!   cursors written as a URL-encoded form, `name=id&name=id` (names in route
+//!   order, only backends that have sent an id).
 
+use std::borrow::Cow;
 use std::sync::Arc;
+
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+/// What a single backend's id has encoded (non-ASCII always is).
+const ID_ESCAPES: &AsciiSet = &CONTROLS.add(b'%').add(b' ');
+
+/// A backend's id as a header-safe token.
+fn escape(id: &str) -> Cow<'_, str> {
+    utf8_percent_encode(id, ID_ESCAPES).into()
+}
+
+/// The backend's id from a token (a token that decodes to invalid UTF-8 was
+/// not one of ours, and is passed on as it is).
+fn unescape(token: &str) -> Cow<'_, str> {
+    percent_decode_str(token)
+        .decode_utf8()
+        .unwrap_or(Cow::Borrowed(token))
+}
 
 /// The position of a client in a route's stream.
 #[derive(Clone, Debug)]
@@ -24,7 +49,7 @@ impl Cursor {
         let mut positions = vec![None; names.len()];
         match (last, names.len()) {
             (None, _) => {}
-            (Some(id), 1) => positions[0] = Some(Arc::from(id)),
+            (Some(id), 1) => positions[0] = Some(Arc::from(unescape(id))),
             (Some(id), _) => {
                 for (name, position) in form_urlencoded::parse(id.as_bytes()) {
                     let Some(i) = names.iter().position(|n| **n == *name) else {
@@ -55,7 +80,13 @@ impl Cursor {
     /// id to send for it.
     pub fn advance(&mut self, index: usize, id: &Arc<str>) -> Arc<str> {
         let id = if self.names.len() == 1 {
-            Arc::clone(id)
+            // (A borrowed result may still differ: " " gives "%20".)
+            let escaped = escape(id);
+            if *escaped == **id {
+                Arc::clone(id)
+            } else {
+                Arc::from(escaped)
+            }
         } else {
             self.positions[index] = Some(Arc::clone(id));
             let mut form = form_urlencoded::Serializer::new(String::new());
@@ -88,8 +119,26 @@ mod tests {
     fn one_backend_uses_its_ids() {
         let mut c = Cursor::parse(names(&["demo"]), Some("a=b&c")).unwrap();
         assert_eq!(c.position(0), Some("a=b&c"));
-        assert_eq!(&*c.advance(0, &Arc::from("7")), "7");
-        assert_eq!(c.current(), Some("7"));
+        for plain in [
+            "7",
+            "1700000000000-0",
+            "a=b&c",
+            "0f8fad5b-d9cb-469f-a165-70867728950e",
+        ] {
+            assert_eq!(&*c.advance(0, &Arc::from(plain)), plain);
+        }
+        assert_eq!(c.current(), Some("0f8fad5b-d9cb-469f-a165-70867728950e"));
+    }
+
+    #[test]
+    fn any_single_id_comes_back_exactly() {
+        for id in [" café\r\n\0 100% ", "%41", "\u{FEFF}\t", " ", "é"] {
+            let mut c = Cursor::parse(names(&["b"]), None).unwrap();
+            let token = c.advance(0, &Arc::from(id));
+            assert!(token.bytes().all(|b| b.is_ascii_graphic()), "{token:?}");
+            let back = Cursor::parse(names(&["b"]), Some(&token)).unwrap();
+            assert_eq!(back.position(0), Some(id));
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::fanin;
-use crate::negotiate::{self, Format, Refusal};
+use crate::negotiate::{self, Negotiated, Refusal};
 use crate::route::Route;
 use crate::server::Gateway;
 use crate::session::Session;
@@ -92,19 +92,19 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let format = negotiate_format(&parts.headers, &query)?;
+    let negotiated = negotiate_format(&parts.headers, &query)?;
+    if gateway.shutdown.is_cancelled() {
+        return Err(unavailable(
+            "the gateway is shutting down; retry on another instance",
+        ));
+    }
     if parts.method == Method::HEAD {
         // The headers a GET would get, without opening the backends. The body
         // has an unknown length, like a stream's (an empty body would make the
         // answer claim length 0); HEAD never sends it.
         let unsized_body = futures::stream::pending::<Result<Bytes, std::convert::Infallible>>();
         let body = Body::from_stream(unsized_body);
-        return Ok(stream_response(&route, format, &parts.headers, body));
-    }
-    if gateway.shutdown.is_cancelled() {
-        return Err(unavailable(
-            "the gateway is shutting down; retry on another instance",
-        ));
+        return Ok(stream_response(&route, negotiated, &parts.headers, body));
     }
     let Ok(permit) = Arc::clone(&gateway.streams).try_acquire_owned() else {
         return Err(unavailable(format!(
@@ -113,23 +113,23 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         )));
     };
 
-    let last_event_id = parts
+    // EventSource sends the id UTF-8 encoded; an empty one means none.
+    let header_id = match parts
         .headers
         .get(LAST_EVENT_ID)
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| ApiError::bad_request("Last-Event-ID must be visible ASCII"))
-        })
-        .transpose()?
-        .map(str::to_string)
-        .or_else(|| {
-            query
-                .iter()
-                .find(|(k, _)| k == LAST_EVENT_ID_PARAM)
-                .map(|(_, v)| v.clone())
-        });
-    let cursor = Cursor::parse(Arc::clone(&route.sources), last_event_id.as_deref())
-        .map_err(ApiError::bad_request)?;
+        .map(|v| std::str::from_utf8(v.as_bytes()))
+    {
+        Some(Ok(id)) => Some(id).filter(|id| !id.is_empty()),
+        Some(Err(_)) => return Err(ApiError::bad_request("Last-Event-ID is not UTF-8")),
+        None => None,
+    };
+    let query_id = query
+        .iter()
+        .find(|(k, _)| k == LAST_EVENT_ID_PARAM)
+        .map(|(_, v)| v.as_str());
+    let last_event_id = header_id.or(query_id);
+    let cursor =
+        Cursor::parse(Arc::clone(&route.sources), last_event_id).map_err(ApiError::bad_request)?;
     let limit = gateway.config.max_body_bytes;
     let timeout = gateway.config.body_timeout;
     let body = tokio::time::timeout(timeout, read_json_body(&parts.headers, body, limit))
@@ -164,6 +164,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         })
         .collect();
     let events = fanin::open(&route.backends, &contexts).await?;
+    let format = negotiated.format;
     let session = Session::new(
         Arc::clone(&route),
         format,
@@ -175,13 +176,16 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
     tracing::debug!(route = %route.name, %format, path, "Stream opened");
     Ok(stream_response(
         &route,
-        format,
+        negotiated,
         &parts.headers,
         Body::from_stream(session),
     ))
 }
 
-fn negotiate_format(headers: &HeaderMap, query: &[(String, String)]) -> Result<Format, ApiError> {
+fn negotiate_format(
+    headers: &HeaderMap,
+    query: &[(String, String)],
+) -> Result<Negotiated, ApiError> {
     let param = query
         .iter()
         .find(|(k, _)| k == "format")
@@ -258,7 +262,12 @@ fn is_length_limit(error: &axum::Error) -> bool {
     false
 }
 
-fn stream_response(route: &Route, format: Format, request: &HeaderMap, body: Body) -> Response {
+fn stream_response(
+    route: &Route,
+    negotiated: Negotiated,
+    request: &HeaderMap,
+    body: Body,
+) -> Response {
     let host = request
         .get(ORIGINAL_HOST)
         .filter(|v| !v.is_empty())
@@ -268,7 +277,7 @@ fn stream_response(route: &Route, format: Format, request: &HeaderMap, body: Bod
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(format.content_type()),
+        HeaderValue::from_static(negotiated.content_type),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(ACCEL_BUFFERING, HeaderValue::from_static("no"));

@@ -2,11 +2,17 @@
 //!
 //! `Accept` is parsed as RFC 9110 says: several comma-separated media ranges
 //! (also across several `Accept` headers), each with parameters, `q` weights
-//! and wildcards, quoted strings respected. For each format the most specific
-//! range that matches one of its media types gives its weight; the heavier
-//! format wins, then the one matched more specifically, then the one whose
-//! range comes first. A missing `Accept`, or one whose ranges are all
-//! malformed, accepts anything; anything means NDJSON. `?format=` overrides.
+//! and wildcards, quoted strings respected, empty parameters allowed. Each
+//! media type we offer takes its weight from the most specific range that
+//! matches it (the heaviest, among equally specific ones). A range with a
+//! parameter describes a variant: `charset=utf-8` matches (our formats are
+//! UTF-8), any other parameter matches nothing we send.
+//!
+//! The heavier format wins, then the one matched more specifically, then the
+//! one whose range comes first; a tie (`*/*`) is NDJSON. A missing `Accept`,
+//! or one whose ranges are all malformed, accepts anything. `?format=`
+//! overrides `Accept`. NDJSON is labelled `application/x-ndjson`, unless the
+//! client refused that type outright (`q=0`) and accepts an alias.
 
 use std::fmt;
 
@@ -72,16 +78,35 @@ pub enum Refusal {
     UnknownFormat(String),
 }
 
+/// What a request gets: its format, and the `Content-Type` to label it with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The wire format.
+    pub format: Format,
+    /// The media type sent: the format's own, unless the client refused it
+    /// and accepts an alias (`application/x-ndjson;q=0, application/json`).
+    pub content_type: &'static str,
+}
+
+impl From<Format> for Negotiated {
+    fn from(format: Format) -> Self {
+        Self {
+            format,
+            content_type: format.content_type(),
+        }
+    }
+}
+
 /// Chooses the format for a request from its `?format=` parameter and its
 /// `Accept` header values.
 pub fn negotiate<'a>(
     format_param: Option<&str>,
     accept: impl IntoIterator<Item = &'a str>,
-) -> Result<Format, Refusal> {
+) -> Result<Negotiated, Refusal> {
     if let Some(param) = format_param {
         return match param.to_ascii_lowercase().as_str() {
-            "sse" => Ok(Format::Sse),
-            "ndjson" => Ok(Format::Ndjson),
+            "sse" => Ok(Format::Sse.into()),
+            "ndjson" => Ok(Format::Ndjson.into()),
             _ => Err(Refusal::UnknownFormat(param.to_string())),
         };
     }
@@ -91,26 +116,61 @@ pub fn negotiate<'a>(
         .filter_map(Range::parse)
         .collect();
     if ranges.is_empty() {
-        return Ok(Format::Ndjson);
+        return Ok(Format::Ndjson.into());
     }
-    // (weight, specificity, -position) of each format; higher is better.
-    let score = |format: Format| {
-        format
+    // Each acceptable media type of a format, best first, with its
+    // (weight, specificity, -position) score; higher is better.
+    let acceptable = |format: Format| {
+        let mut types: Vec<_> = format
             .media_types()
             .iter()
-            .filter_map(|(ty, sub)| best_match(&ranges, ty, sub))
-            .max_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal))
+            .filter_map(|&(ty, sub)| Some((best_match(&ranges, ty, sub)?, ty, sub)))
+            .filter(|(score, _, _)| score.0 > 0.0)
+            .collect();
+        types.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+        types
     };
-    let ndjson = score(Format::Ndjson).filter(|s| s.0 > 0.0);
-    let sse = score(Format::Sse).filter(|s| s.0 > 0.0);
-    match (ndjson, sse) {
-        (None, None) => Err(Refusal::NotAcceptable),
-        (Some(_), None) => Ok(Format::Ndjson),
-        (None, Some(_)) => Ok(Format::Sse),
+    let ndjson = acceptable(Format::Ndjson);
+    let sse = acceptable(Format::Sse);
+    let format = match (ndjson.first(), sse.first()) {
+        (None, None) => return Err(Refusal::NotAcceptable),
+        (Some(_), None) => Format::Ndjson,
+        (None, Some(_)) => Format::Sse,
         // Ties go to NDJSON, the default.
-        (Some(n), Some(s)) if s > n => Ok(Format::Sse),
-        (Some(_), Some(_)) => Ok(Format::Ndjson),
-    }
+        (Some(n), Some(s)) if s.0 > n.0 => Format::Sse,
+        (Some(_), Some(_)) => Format::Ndjson,
+    };
+    let own = format.content_type();
+    // Our own type, unless the client refused it outright (`q=0`): then the
+    // alias it likes best.
+    let refused = |media_type: &str| {
+        let (ty, sub) = media_type.split_once('/').unwrap_or((media_type, ""));
+        best_match(&ranges, ty, sub).is_some_and(|(q, _, _)| q == 0.0)
+    };
+    let content_type = match ndjson.first() {
+        Some((_, ty, sub)) if format == Format::Ndjson && refused(own) => OFFERED
+            .iter()
+            .copied()
+            .find(|offered| *offered == format!("{ty}/{sub}"))
+            .unwrap_or(own),
+        _ => own,
+    };
+    Ok(Negotiated {
+        format,
+        content_type,
+    })
+}
+
+/// How a media range's parameters (those before `q`) bear on our offers,
+/// which have none but are always UTF-8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Params {
+    /// No parameters.
+    None,
+    /// `charset=utf-8`: what our formats are anyway; counts as none.
+    Utf8,
+    /// Anything else: it describes a variant we never send.
+    Other,
 }
 
 /// One media range of an `Accept` header.
@@ -118,6 +178,7 @@ pub fn negotiate<'a>(
 struct Range<'a> {
     ty: &'a str,
     subtype: &'a str,
+    params: Params,
     q: f32,
 }
 
@@ -130,41 +191,67 @@ impl<'a> Range<'a> {
             return None;
         }
         let mut q = 1.0;
-        for param in parts {
+        let mut params = Params::None;
+        // Parameters may be empty (`text/event-stream;`); those after `q`
+        // are accept extensions, not the media type's.
+        let mut after_q = false;
+        for param in parts.map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = param.split_once('=')?;
-            if name.trim().eq_ignore_ascii_case("q") {
-                q = parse_weight(value.trim())?;
+            let (name, value) = (name.trim(), value.trim());
+            if name.eq_ignore_ascii_case("q") {
+                q = parse_weight(value)?;
+                after_q = true;
+            } else if !after_q {
+                let utf8 = name.eq_ignore_ascii_case("charset")
+                    && value.trim_matches('"').eq_ignore_ascii_case("utf-8");
+                params = match (params, utf8) {
+                    (Params::None, true) => Params::Utf8,
+                    _ => Params::Other,
+                };
             }
         }
-        Some(Self { ty, subtype, q })
+        Some(Self {
+            ty,
+            subtype,
+            params,
+            q,
+        })
     }
 
     /// How specifically the range matches `ty/subtype`: 3 exact, 2 `type/*`,
-    /// 1 `*/*`, `None` when it does not match.
+    /// 1 `*/*`; `None` when it does not match (including a range with
+    /// parameters that describe a variant we never send).
     fn specificity(&self, ty: &str, subtype: &str) -> Option<u8> {
         let ty_eq = self.ty.eq_ignore_ascii_case(ty);
-        if ty_eq && self.subtype.eq_ignore_ascii_case(subtype) {
-            Some(3)
+        let base = if ty_eq && self.subtype.eq_ignore_ascii_case(subtype) {
+            3
         } else if ty_eq && self.subtype == "*" {
-            Some(2)
+            2
         } else if self.ty == "*" {
-            Some(1)
+            1
         } else {
-            None
-        }
+            return None;
+        };
+        (self.params != Params::Other).then_some(base)
     }
 }
 
 /// The weight of the most specific range matching `ty/subtype`, as a
-/// comparable (weight, specificity, earlier-is-better) triple.
+/// comparable (weight, specificity, earlier-is-better) triple. Among equally
+/// specific ranges the heaviest counts (a client that lists a type twice
+/// accepts it at its best).
 fn best_match(ranges: &[Range<'_>], ty: &str, subtype: &str) -> Option<(f32, u8, i64)> {
     ranges
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| r.specificity(ty, subtype).map(|s| (s, i, r)))
-        // Most specific first; among equals, the first listed.
-        .min_by_key(|(s, i, _)| (std::cmp::Reverse(*s), *i))
-        .map(|(s, i, r)| (r.q, s, -(i as i64)))
+        .filter_map(|(i, r)| Some((r.specificity(ty, subtype)?, r.q, -(i as i64))))
+        .max_by(|a, b| {
+            (a.0, a.1)
+                .partial_cmp(&(b.0, b.1))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.2.cmp(&b.2))
+        })
+        .map(|(specificity, q, position)| (q, specificity, position))
 }
 
 /// A `q` value: 0 to 1 with at most three decimals.
@@ -216,7 +303,7 @@ mod tests {
     use super::*;
 
     fn pick(accept: &str) -> Result<Format, Refusal> {
-        negotiate(None, [accept])
+        negotiate(None, [accept]).map(|n| n.format)
     }
 
     #[test]
@@ -253,6 +340,30 @@ mod tests {
             ("text/event-stream;q=1.5", Ok(Ndjson)),
             ("garbage", Ok(Ndjson)),
             ("text/html, garbage", Err(Refusal::NotAcceptable)),
+            ("text/event-stream;", Ok(Sse)),
+            ("text/event-stream; ;charset=\"UTF-8\", text/html", Ok(Sse)),
+            (
+                "text/event-stream;charset=utf-8;q=0, text/event-stream",
+                Ok(Sse),
+            ),
+            (
+                "text/event-stream;q=0, text/event-stream;q=0.5, */*;q=0.1",
+                Ok(Sse),
+            ),
+            (
+                "text/event-stream;charset=latin1",
+                Err(Refusal::NotAcceptable),
+            ),
+            (
+                "text/event-stream;charset=latin1, text/html",
+                Err(Refusal::NotAcceptable),
+            ),
+            ("application/json;profile=x", Err(Refusal::NotAcceptable)),
+            (
+                "application/x-ndjson;q=0, application/json, text/event-stream;q=0.1",
+                Ok(Ndjson),
+            ),
+            ("text/event-stream;q=0.5;ext=1", Ok(Sse)),
         ];
         for (accept, expected) in cases {
             assert_eq!(&pick(accept), expected, "Accept: {accept}");
@@ -261,19 +372,30 @@ mod tests {
 
     #[test]
     fn several_headers_are_one_list() {
-        assert_eq!(
-            negotiate(None, ["text/html", "text/event-stream"]),
-            Ok(Format::Sse)
-        );
+        let got = negotiate(None, ["text/html", "text/event-stream"]);
+        assert_eq!(got, Ok(Format::Sse.into()));
+    }
+
+    #[test]
+    fn a_refused_media_type_is_never_the_label() {
+        let label = |accept: &str| negotiate(None, [accept]).map(|n| n.content_type);
+        assert_eq!(label("application/json"), Ok("application/x-ndjson"));
+        assert_eq!(label("*/*"), Ok("application/x-ndjson"));
+        let refused = "application/x-ndjson;q=0, application/json";
+        assert_eq!(label(refused), Ok("application/json"));
+        let ranked = "application/x-ndjson;q=0, application/jsonl;q=0.5, application/json;q=0.4";
+        assert_eq!(label(ranked), Ok("application/jsonl"));
+        let wild = "application/x-ndjson;q=0, application/*";
+        assert_eq!(label(wild), Ok("application/jsonl"));
+        assert_eq!(label("text/*"), Ok("text/event-stream"));
     }
 
     #[test]
     fn format_parameter_overrides() {
-        assert_eq!(negotiate(Some("sse"), ["text/html"]), Ok(Format::Sse));
-        assert_eq!(
-            negotiate(Some("NDJSON"), ["text/event-stream"]),
-            Ok(Format::Ndjson)
-        );
+        let sse = negotiate(Some("sse"), ["text/html"]);
+        assert_eq!(sse, Ok(Format::Sse.into()));
+        let ndjson = negotiate(Some("NDJSON"), ["text/event-stream"]);
+        assert_eq!(ndjson, Ok(Format::Ndjson.into()));
         assert_eq!(
             negotiate(Some("xml"), []),
             Err(Refusal::UnknownFormat("xml".into()))

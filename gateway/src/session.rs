@@ -127,7 +127,9 @@ impl Session {
             match Pin::new(&mut self.events).poll_next(cx) {
                 Poll::Ready(Some((index, Ok(mut event)))) => {
                     event.source = Arc::clone(&self.route.sources[index]);
-                    let id = event.id.as_ref().map(|id| self.cursor.advance(index, id));
+                    // An empty id would reset a browser's last id: it is none.
+                    let id = event.id.as_ref().filter(|id| !id.is_empty());
+                    let id = id.map(|id| self.cursor.advance(index, id));
                     self.encoder.event(buf, &event, id.as_deref());
                     self.events_sent += 1;
                     self.last_event = Instant::now();
@@ -181,6 +183,11 @@ impl Stream for Session {
         }
         if !this.backends_done {
             this.drain(cx, &mut buf);
+            // A backend that always has an event ready would otherwise keep
+            // the timer below from ever being looked at.
+            if this.end.is_none() && Instant::now() >= this.lifetime_ends {
+                this.close(&mut buf, CloseReason::Lifetime);
+            }
         }
         if this.backends_done && this.end.is_none() {
             // A body is never empty: an NDJSON stream with no event says so.

@@ -138,6 +138,26 @@ pub fn ndjson_lines(response: reqwest::Response) -> impl futures::Stream<Item = 
         .boxed()
 }
 
+/// The id the Echo route at `url` is opened with when a client resumes with
+/// `token`: what a backend learns from a `Last-Event-ID` it once sent.
+pub async fn resumed_id(url: &str, token: &str) -> Value {
+    let response = client()
+        .post(url)
+        .header("last-event-id", token)
+        .json(&serde_json::json!({"events": [], "echo_last_event_id": true}))
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(response.status(), 200, "resuming with {token:?}");
+    let first = ndjson_lines(response).next().await.expect("the echoed id");
+    let first: Value = serde_json::from_str(&first).expect("JSON");
+    // On a route with an envelope, the id is the envelope's data.
+    match first.get("event") {
+        Some(name) if name == "last_event_id" => first["data"].clone(),
+        _ => first,
+    }
+}
+
 /// Every NDJSON line of a whole response, parsed.
 pub async fn all_ndjson(response: reqwest::Response) -> Vec<Value> {
     ndjson_lines(response)
@@ -149,38 +169,47 @@ pub async fn all_ndjson(response: reqwest::Response) -> Vec<Value> {
 /// Streams the events the request body lists, then ends:
 /// `{"events": [{"id": "1", "name": "n", "data": <JSON>, "text": "t"}, …]}`
 /// (`data` gives a JSON payload, `text` a text one; `id`, `name` optional).
-/// It lets one server stream arbitrary events, case after case.
+/// It lets one server stream arbitrary events, case after case. With
+/// `"echo_last_event_id": true` it first sends one event named
+/// `last_event_id` whose JSON data is the id it was opened with (or null).
 #[derive(Debug)]
 pub struct Echo;
 
 #[async_trait]
 impl Backend for Echo {
     async fn open(&self, ctx: &RequestContext) -> Result<EventStream, BackendError> {
-        let events = ctx
-            .body
-            .as_ref()
+        let body = ctx.body.as_ref();
+        let listed = body
             .and_then(|b| b.get("events"))
             .and_then(Value::as_array)
             .cloned()
             .ok_or_else(|| BackendError::bad_request("expected {\"events\": [...]}"))?;
-        let events: Vec<Result<Event, BackendError>> = events
-            .iter()
-            .map(|e| {
-                let data = match (e.get("data"), e.get("text").and_then(Value::as_str)) {
-                    (Some(json), _) => Data::json(json),
-                    (None, Some(text)) => Data::text(text),
-                    (None, None) => Data::json(&Value::Null),
-                };
-                let mut event = Event::new(data);
-                if let Some(id) = e.get("id").and_then(Value::as_str) {
-                    event = event.with_id(id);
-                }
-                if let Some(name) = e.get("name").and_then(Value::as_str) {
-                    event = event.with_name(name);
-                }
-                Ok(event)
-            })
+        let echo = body.and_then(|b| b.get("echo_last_event_id")) == Some(&Value::Bool(true));
+        let echoed = echo.then(|| {
+            let id = ctx.last_event_id.clone().map_or(Value::Null, Value::String);
+            Event::new(Data::json(&id)).with_name("last_event_id")
+        });
+        let events: Vec<Result<Event, BackendError>> = echoed
+            .into_iter()
+            .chain(listed.iter().map(echo_event))
+            .map(Ok)
             .collect();
         Ok(futures::stream::iter(events).boxed())
     }
+}
+
+fn echo_event(e: &Value) -> Event {
+    let data = match (e.get("data"), e.get("text").and_then(Value::as_str)) {
+        (Some(json), _) => Data::json(json),
+        (None, Some(text)) => Data::text(text),
+        (None, None) => Data::json(&Value::Null),
+    };
+    let mut event = Event::new(data);
+    if let Some(id) = e.get("id").and_then(Value::as_str) {
+        event = event.with_id(id);
+    }
+    if let Some(name) = e.get("name").and_then(Value::as_str) {
+        event = event.with_name(name);
+    }
+    event
 }
