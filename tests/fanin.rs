@@ -195,3 +195,44 @@ async fn backends_already_finished_are_left_out_and_all_finished_is_204() {
     let response = client().get(server.url("/m")).send().await.unwrap();
     assert_eq!(response.status(), 204);
 }
+
+/// A backend that does not open in time fails the request with 504, and a
+/// failing one fails it at once, without waiting for a slow one.
+#[tokio::test(start_paused = true)]
+async fn opening_is_bounded_and_fails_fast() {
+    let slow = Mock::new(vec![Step::Pending]).opening_after(Duration::from_secs(3600));
+    let quick = Mock::new(vec![Step::Pending]);
+    let backends: Vec<(&str, Arc<dyn Backend>)> = vec![
+        ("quick", Arc::new(quick.clone())),
+        ("slow", Arc::new(slow.clone())),
+    ];
+    let server = TestServer::route(
+        "/m",
+        backends,
+        |r| r.open_timeout = Duration::from_secs(5),
+        ServerConfig::default(),
+    )
+    .await;
+    let start = tokio::time::Instant::now();
+    let response = client().get(server.url("/m")).send().await.unwrap();
+    assert_eq!(response.status(), 504);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["message"], "backend slow did not open within 5s");
+    assert!(start.elapsed() >= Duration::from_secs(5) && start.elapsed() < Duration::from_secs(6));
+    quick.all_dropped().await;
+
+    let failing = Mock::failing(BackendError::new(ErrorKind::Upstream, "refused"));
+    let backends: Vec<(&str, Arc<dyn Backend>)> = vec![
+        ("failing", Arc::new(failing)),
+        ("slow", Arc::new(slow.clone())),
+    ];
+    let server = TestServer::route("/m", backends, |_| {}, ServerConfig::default()).await;
+    let start = tokio::time::Instant::now();
+    let response = client().get(server.url("/m")).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+}

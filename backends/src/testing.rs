@@ -38,6 +38,7 @@ pub enum Step {
 pub struct Mock {
     script: Vec<Step>,
     open_error: Option<BackendError>,
+    open_delay: Option<Duration>,
     live: Arc<Live>,
     opened: Arc<Mutex<Vec<RequestContext>>>,
 }
@@ -64,6 +65,12 @@ impl Mock {
             open_error: Some(error),
             ..Self::default()
         }
+    }
+
+    /// The same mock, taking `delay` to open (or to fail to open).
+    pub fn opening_after(mut self, delay: Duration) -> Self {
+        self.open_delay = Some(delay);
+        self
     }
 
     /// How many of this mock's streams are alive (opened and not yet dropped).
@@ -111,6 +118,9 @@ impl Backend for Mock {
     async fn open(&self, ctx: &RequestContext) -> Result<EventStream, BackendError> {
         if let Ok(mut opened) = self.opened.lock() {
             opened.push(ctx.clone());
+        }
+        if let Some(delay) = self.open_delay {
+            tokio::time::sleep(delay).await;
         }
         if let Some(err) = &self.open_error {
             return Err(err.clone());

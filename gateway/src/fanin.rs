@@ -1,11 +1,11 @@
 //! Fan-in: open every backend of a route at once and merge their events as
 //! they come.
 
-use std::sync::Arc;
-
-use backends::{Backend, BackendError, ErrorKind, Event, EventStream, RequestContext};
+use backends::{BackendError, ErrorKind, Event, EventStream, RequestContext};
 use futures::stream::{BoxStream, SelectAll};
 use futures::{StreamExt, future};
+
+use crate::route::Route;
 
 /// An event or a failure, tagged with the index of the backend it came from.
 pub type Tagged = (usize, Result<Event, BackendError>);
@@ -14,32 +14,41 @@ pub type Tagged = (usize, Result<Event, BackendError>);
 /// ended; dropping it drops, and so stops, every backend's stream.
 pub type Merged = SelectAll<BoxStream<'static, Tagged>>;
 
-/// Opens every backend concurrently, `contexts[i]` for `backends[i]`.
+/// Opens every backend of `route` concurrently, `contexts[i]` for backend `i`.
 ///
-/// Any failure to open fails the whole request (the first, in route order),
-/// since it can still become a real HTTP status. A backend that answers
-/// [`ErrorKind::Finished`] (the client already has all of it) is left out;
-/// when all of them do, the request is finished.
-pub async fn open(
-    backends: &[Arc<dyn Backend>],
-    contexts: &[RequestContext],
-) -> Result<Merged, BackendError> {
-    let opened = future::join_all(backends.iter().zip(contexts).map(|(b, ctx)| b.open(ctx))).await;
-    let mut streams: Vec<(usize, EventStream)> = Vec::with_capacity(opened.len());
-    let mut finished = None;
-    for (index, result) in opened.into_iter().enumerate() {
-        match result {
-            Ok(stream) => streams.push((index, stream)),
-            Err(e) if e.kind == ErrorKind::Finished => finished = Some(e),
-            Err(e) => return Err(e),
-        }
+/// The first failure to open fails the whole request at once (it can still
+/// become a real HTTP status) and drops the backends already open; so does a
+/// backend that takes longer than the route's `open_timeout` (504). A backend
+/// that answers [`ErrorKind::Finished`] (the client already has all of it) is
+/// left out; when all of them do, the request is finished.
+pub async fn open(route: &Route, contexts: &[RequestContext]) -> Result<Merged, BackendError> {
+    let timeout = route.open_timeout;
+    let opening = route
+        .backends
+        .iter()
+        .zip(contexts)
+        .zip(route.sources.iter())
+        .enumerate()
+        .map(|(index, ((backend, ctx), name))| async move {
+            match tokio::time::timeout(timeout, backend.open(ctx)).await {
+                Ok(Ok(stream)) => Ok(Some((index, stream))),
+                Ok(Err(e)) if e.kind == ErrorKind::Finished => Ok(None),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(BackendError::new(
+                    ErrorKind::Timeout,
+                    format!("backend {name} did not open within {timeout:?}"),
+                )),
+            }
+        });
+    let opened: Vec<(usize, EventStream)> = future::try_join_all(opening)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    if opened.is_empty() {
+        return Err(BackendError::finished());
     }
-    if streams.is_empty() {
-        if let Some(finished) = finished {
-            return Err(finished);
-        }
-    }
-    Ok(futures::stream::select_all(streams.into_iter().map(
+    Ok(futures::stream::select_all(opened.into_iter().map(
         |(index, stream)| stream.map(move |item| (index, item)).boxed(),
     )))
 }

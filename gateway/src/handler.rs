@@ -163,7 +163,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
             ..context.clone()
         })
         .collect();
-    let events = fanin::open(&route.backends, &contexts).await?;
+    let events = fanin::open(&route, &contexts).await?;
     let format = negotiated.format;
     let session = Session::new(
         Arc::clone(&route),

@@ -38,6 +38,8 @@ pub struct Route {
     pub max_lifetime: Duration,
     /// Longest time without an event.
     pub max_idle: Duration,
+    /// Longest time the backends may take to open.
+    pub open_timeout: Duration,
     /// Request headers passed to the backends.
     pub pass_headers: Vec<HeaderName>,
     /// Headers added to every stream response.
@@ -120,6 +122,7 @@ impl Route {
             retry: config.retry,
             max_lifetime: config.max_lifetime,
             max_idle: config.max_idle,
+            open_timeout: config.open_timeout,
             pass_headers,
             response_headers,
         })

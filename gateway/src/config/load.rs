@@ -498,7 +498,7 @@ payload_bytes = 99999999
             "unknown value \"get\"; expected one of \"GET\"",
             "unknown variant `kafka`, expected `demo` or `ticker`",
             "missing required key `path`",
-            "must be more than 0s",
+            "must be at least 10ms",
             "must be at most 1048576",
         ] {
             assert!(text.contains(reason), "{reason:?} not in:\n{text}");
@@ -519,7 +519,7 @@ payload_bytes = 99999999
                 "environment variable GATEWAY__ROUTES__NEW__PATH: routes.new.backends: \
                  the route needs at least one backend",
                 "environment variable GATEWAY__ROUTES__REFERENCE__MAX_IDLE: \
-                 routes.reference.max_idle: must be more than 0s",
+                 routes.reference.max_idle: must be at least 10ms",
             ]
         );
     }

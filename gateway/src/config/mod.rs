@@ -136,6 +136,10 @@ pub struct RouteConfig {
     /// Default: `10m`.
     #[serde(default = "default_max_idle", with = "humantime_serde")]
     pub max_idle: Duration,
+    /// Longest time the backends may take to open (connect, subscribe); a
+    /// backend that takes longer fails the request with 504. Default: `10s`.
+    #[serde(default = "default_open_timeout", with = "humantime_serde")]
+    pub open_timeout: Duration,
     /// Request headers passed on to the backends; no other header reaches
     /// them. Default: none.
     #[serde(default)]
@@ -160,6 +164,7 @@ impl RouteConfig {
             retry: default_retry(),
             max_lifetime: default_max_lifetime(),
             max_idle: default_max_idle(),
+            open_timeout: default_open_timeout(),
             pass_headers: Vec::new(),
             response_headers: default_response_headers(),
         }
@@ -268,6 +273,9 @@ fn default_max_lifetime() -> Duration {
 fn default_max_idle() -> Duration {
     Duration::from_secs(600)
 }
+fn default_open_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_response_headers() -> BTreeMap<String, String> {
     BTreeMap::from([("X-AggregateInfo-Result".into(), "OK".into())])
 }
@@ -275,6 +283,33 @@ fn default_response_headers() -> BTreeMap<String, String> {
 /// The largest heartbeat, retry, lifetime or idle time accepted: a week.
 /// Anything longer is a unit typo (`15000s` for `15000ms`).
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The shortest heartbeat, lifetime, idle or open time accepted.
+const MIN_DURATION: Duration = Duration::from_millis(10);
+
+/// Response headers the gateway sets itself, which a route cannot override.
+const GATEWAY_HEADERS: [&str; 9] = [
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "cache-control",
+    "vary",
+    "x-accel-buffering",
+    "x-request-host",
+];
+
+/// Why a route or backend name was refused.
+const NAME_RULE: &str = "names are lowercase letters, digits, `_` and `-` \
+    (so that GATEWAY__… environment variables, which are case-blind, can name them)";
+
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
 
 /// The path the adapter's readiness check and load balancers use.
 pub const HEALTH_PATH: &str = "/healthz";
@@ -306,6 +341,9 @@ impl GatewayConfig {
         let mut paths = matchit::Router::new();
         for (name, route) in &self.routes {
             let key = |field: &str| format!("routes.{name}.{field}");
+            if !is_plain_name(name) {
+                problems.push((format!("routes.{name}"), NAME_RULE.into()));
+            }
             let route_problems = route.validate();
             if !route_problems.iter().any(|(field, _)| field == "path") {
                 if let Err(e) = paths.insert(route.path.as_str(), ()) {
@@ -324,6 +362,9 @@ impl GatewayConfig {
                 ));
             }
             for (backend, config) in &route.backends {
+                if !is_plain_name(backend) {
+                    problems.push((key(&format!("backends.{backend}")), NAME_RULE.into()));
+                }
                 for p in config.validate() {
                     problems.push((key(&format!("backends.{backend}.{}", p.key)), p.reason));
                 }
@@ -349,11 +390,12 @@ impl RouteConfig {
             ("retry", self.retry),
             ("max_lifetime", self.max_lifetime),
             ("max_idle", self.max_idle),
+            ("open_timeout", self.open_timeout),
         ] {
             if value > MAX_DURATION {
                 problems.push((field.into(), "must be at most 7days".into()));
-            } else if value.is_zero() && field != "retry" {
-                problems.push((field.into(), "must be more than 0s".into()));
+            } else if value < MIN_DURATION && field != "retry" {
+                problems.push((field.into(), "must be at least 10ms".into()));
             }
         }
         if let Err(reason) = check_heartbeat_line(&self.ndjson_heartbeat) {
@@ -371,6 +413,11 @@ impl RouteConfig {
             let field = format!("response_headers.{header}");
             if HeaderName::try_from(header.as_str()).is_err() {
                 problems.push((field, "is not a valid header name".into()));
+            } else if GATEWAY_HEADERS
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(header))
+            {
+                problems.push((field, "is set by the gateway on every stream".into()));
             } else if HeaderValue::try_from(value.as_str()).is_err() {
                 problems.push((
                     field,
@@ -399,9 +446,23 @@ fn check_path(path: &str) -> Result<(), String> {
             "{path:?}: parameters are written `{{name}}` and a catch-all `{{*name}}`"
         ));
     }
-    matchit::Router::new()
+    let mut router = matchit::Router::new();
+    router
         .insert(path, ())
-        .map_err(|e| format!("{path:?} is not a valid path pattern: {e}"))
+        .map_err(|e| format!("{path:?} is not a valid path pattern: {e}"))?;
+    let names: Vec<&str> = path
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+        .map(|n| n.trim_start_matches('*'))
+        .collect();
+    if let Some(twice) = names
+        .iter()
+        .enumerate()
+        .find_map(|(i, n)| names[..i].contains(n).then_some(n))
+    {
+        return Err(format!("{path:?} names the parameter `{twice}` twice"));
+    }
+    Ok(())
 }
 
 fn path_conflict(error: &matchit::InsertError, routes: &BTreeMap<String, RouteConfig>) -> String {
@@ -469,6 +530,33 @@ mod tests {
                 "routes.c.backends",
                 "routes.d.path",
             ]
+        );
+    }
+
+    #[test]
+    fn names_headers_and_bounds() {
+        let mut r = route("/a/{x}/{*x}");
+        r.response_headers
+            .insert("Content-Type".into(), "text/plain".into());
+        r.heartbeat = Duration::from_millis(1);
+        r.backends
+            .insert("Up".into(), BackendConfig::Demo(Default::default()));
+        let config = GatewayConfig {
+            server: ServerConfig::default(),
+            routes: BTreeMap::from([("API".into(), r)]),
+        };
+        let got = config.validate();
+        let keys: Vec<_> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "routes.API",
+                "routes.API.path",
+                "routes.API.heartbeat",
+                "routes.API.response_headers.Content-Type",
+                "routes.API.backends.Up",
+            ],
+            "{got:?}"
         );
     }
 
