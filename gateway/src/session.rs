@@ -91,12 +91,13 @@ impl Session {
         let now = Instant::now();
         let lifetime_ends = now + route.max_lifetime;
         let encoder = route.encoder(format);
-        let mut session = Self {
+        let first_due = now + route.max_lifetime.min(route.max_idle).min(route.heartbeat);
+        Self {
             events,
             format,
             encoder,
             cursor,
-            timer: Box::pin(tokio::time::sleep_until(now)),
+            timer: Box::pin(tokio::time::sleep_until(first_due)),
             shutdown: Box::pin(shutdown),
             opened: now,
             lifetime_ends,
@@ -109,10 +110,7 @@ impl Session {
             bytes_sent: 0,
             _permit: permit,
             route,
-        };
-        let due = session.next_deadline();
-        session.timer.as_mut().reset(due);
-        session
+        }
     }
 
     fn next_deadline(&self) -> Instant {
