@@ -129,11 +129,8 @@ impl Encoder {
                 write_envelope(buf, event, id);
                 buf.put_u8(b'\n');
             }
-            (Format::Ndjson, false) if event.data.is_json() => {
-                ndjson::write_line(buf, event.data.as_str());
-            }
             (Format::Ndjson, false) => {
-                ndjson::write_json_string(buf, event.data.as_str());
+                ndjson::write_data(buf, &event.data);
                 buf.put_u8(b'\n');
             }
             (Format::Sse, true) => {
@@ -180,11 +177,7 @@ fn write_envelope(buf: &mut BytesMut, event: &Event, id: Option<&str>) {
     buf.put_slice(b"\"source\":");
     ndjson::write_json_string(buf, &event.source);
     buf.put_slice(b",\"data\":");
-    if event.data.is_json() {
-        buf.put_slice(event.data.as_str().as_bytes());
-    } else {
-        ndjson::write_json_string(buf, event.data.as_str());
-    }
+    ndjson::write_data(buf, &event.data);
     buf.put_u8(b'}');
 }
 

@@ -3,12 +3,17 @@
 //! JSON payloads are already compact (see [`backends::Data`]) and so never
 //! hold a raw line break; text payloads are written as JSON strings.
 
+use backends::Data;
 use bytes::{BufMut, BytesMut};
 
-/// Writes one line holding `json`, which must be compact JSON.
-pub fn write_line(buf: &mut BytesMut, json: &str) {
-    buf.put_slice(json.as_bytes());
-    buf.put_u8(b'\n');
+/// Writes a payload as one JSON value (no newline after it): JSON as it is
+/// (already compact), text as a JSON string.
+pub fn write_data(buf: &mut BytesMut, data: &Data) {
+    if data.is_json() {
+        buf.put_slice(data.as_str().as_bytes());
+    } else {
+        write_json_string(buf, data.as_str());
+    }
 }
 
 /// Writes `text` as a JSON string (no line break, no newline after it).

@@ -25,6 +25,8 @@ pub struct Gateway {
     pub(crate) routes: matchit::Router<Arc<Route>>,
     pub(crate) config: ServerConfig,
     pub(crate) streams: Arc<Semaphore>,
+    /// The semaphore's size: `max_streams`, within what a semaphore holds.
+    capacity: usize,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -68,11 +70,11 @@ impl Gateway {
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
+        let capacity = config.max_streams.min(Semaphore::MAX_PERMITS);
         Ok(Self {
             routes: router,
-            streams: Arc::new(Semaphore::new(
-                config.max_streams.min(Semaphore::MAX_PERMITS),
-            )),
+            streams: Arc::new(Semaphore::new(capacity)),
+            capacity,
             config,
             shutdown: CancellationToken::new(),
         })
@@ -86,7 +88,7 @@ impl Gateway {
 
     /// How many streams are open now.
     pub fn open_streams(&self) -> usize {
-        self.config.max_streams.min(Semaphore::MAX_PERMITS) - self.streams.available_permits()
+        self.capacity - self.streams.available_permits()
     }
 }
 

@@ -74,12 +74,6 @@ fn write_single_line(buf: &mut BytesMut, field: &[u8], value: &str) {
     buf.put_u8(b'\n');
 }
 
-/// What a client sees of an `id` or `event` value: the value with CR, LF and
-/// NUL replaced by U+FFFD.
-pub fn sanitized(value: &str) -> String {
-    value.replace(['\r', '\n', '\0'], "\u{FFFD}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,7 +108,6 @@ mod tests {
             event(Some("1\n\nid: 2"), Some("x\rdata: y\0"), "z"),
             "id: 1\u{FFFD}\u{FFFD}id: 2\nevent: x\u{FFFD}data: y\u{FFFD}\ndata: z\n\n"
         );
-        assert_eq!(sanitized("a\r\nb"), "a\u{FFFD}\u{FFFD}b");
     }
 
     #[test]
