@@ -53,7 +53,10 @@ fn with_vary(mut response: Response) -> Response {
 }
 
 async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    if let Some(source) = &gateway.authorization_source {
+        restore_authorization(&mut parts.headers, source);
+    }
     let path = parts.uri.path();
     let Ok(matched) = gateway.routes.at(path) else {
         return Err(ApiError::new(
@@ -165,11 +168,19 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         .collect();
     let events = fanin::open(&route, &contexts).await?;
     let format = negotiated.format;
+    let lifetime = match gateway.deadlines.remaining(&parts) {
+        Some(left) if left < route.max_lifetime => {
+            tracing::debug!(route = %route.name, left_ms = left.as_millis() as u64, "Stream ends before the invocation's deadline");
+            left
+        }
+        _ => route.max_lifetime,
+    };
     let session = Session::new(
         Arc::clone(&route),
         format,
         events,
         cursor,
+        lifetime,
         gateway.shutdown.clone().cancelled_owned(),
         permit,
     );
@@ -180,6 +191,18 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         &parts.headers,
         Body::from_stream(session),
     ))
+}
+
+/// Moves the client's credential from `source` into `Authorization`, where
+/// everything after reads it; an `Authorization` that did not come from
+/// `source` (OAC's signature, say) is dropped, never passed on.
+fn restore_authorization(headers: &mut HeaderMap, source: &HeaderName) {
+    headers.remove(header::AUTHORIZATION);
+    let values: Vec<HeaderValue> = headers.get_all(source).iter().cloned().collect();
+    headers.remove(source);
+    for value in values {
+        headers.append(header::AUTHORIZATION, value);
+    }
 }
 
 fn negotiate_format(

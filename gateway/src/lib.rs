@@ -18,6 +18,8 @@
 //! - [`encode`], [`sse`], [`ndjson`]: events to bytes, and the gateway's own
 //!   events.
 //! - [`error`]: [`ApiError`], the JSON error answered before a stream starts.
+//! - [`lambda`]: serving Lambda invocations natively, choosing that mode,
+//!   and ending streams before an invocation's deadline.
 //!
 //! A request flows: `handler::dispatch` matches the route, checks method,
 //! format, capacity, `Last-Event-ID` and body, opens every backend through
@@ -31,6 +33,7 @@ pub mod encode;
 pub mod error;
 pub mod fanin;
 pub mod handler;
+pub mod lambda;
 pub mod ndjson;
 pub mod negotiate;
 pub mod route;

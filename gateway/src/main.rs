@@ -1,7 +1,8 @@
 //! The `gateway` binary: reads the config, then serves until SIGTERM/SIGINT.
 //! It only wires the library's parts together.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::Gateway;
 use gateway::config::{self, GatewayConfig, LogFormat, Source};
+use gateway::lambda::{self, Serving};
 use tokio::net::TcpListener;
 
 /// Streams events from configured backends as NDJSON or Server-Sent Events.
@@ -18,7 +20,9 @@ struct Cli {
     /// Config file (.toml, .yaml, .yml or .json); without one, the built-in
     /// default config serves the reference stream on `/`. `GATEWAY__…`
     /// variables override any key (`GATEWAY__SERVER__PORT=9090`).
-    #[arg(short, long, env = "GATEWAY_CONFIG", global = true)]
+    /// [env: GATEWAY_CONFIG=] (empty counts as unset, so that a deployment
+    /// template can always set it)
+    #[arg(short, long, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -40,7 +44,12 @@ enum Command {
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.config.is_none() {
+        cli.config = std::env::var_os("GATEWAY_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+    }
     let (path, check_only) = match cli.command {
         Some(Command::CheckConfig { path }) => (path.or(cli.config), true),
         Some(Command::Serve) | None => (cli.config, false),
@@ -89,19 +98,32 @@ fn init_tracing(format: LogFormat) {
 
 #[tokio::main]
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    let vars: HashMap<String, String> = std::env::vars().collect();
+    let adapter = Path::new(lambda::ADAPTER_EXTENSION).exists();
+    let serving = lambda::resolve(config.lambda.mode, &vars, adapter)
+        .map_err(|reason| anyhow::anyhow!("lambda.mode: {reason}"))?;
     let gateway = Arc::new(Gateway::from_config(&config)?);
-    let addr = (config.server.host, config.server.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {}:{}", addr.0, addr.1))?;
-    let local = listener.local_addr()?;
-    tracing::info!(address = %local, routes = config.routes.len(), "Listening on http://{local}/");
     let shutdown = gateway.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("Shutting down: closing open streams");
         shutdown.cancel();
     });
+    if serving == Serving::Native {
+        tracing::info!(
+            routes = config.routes.len(),
+            "Serving Lambda invocations from the Runtime API (native mode)"
+        );
+        return lambda::run(gateway)
+            .await
+            .map_err(|e| anyhow::anyhow!("Lambda runtime: {e}"));
+    }
+    let addr = (config.server.host, config.server.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", addr.0, addr.1))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, routes = config.routes.len(), "Listening on http://{local}/");
     gateway::serve(listener, gateway).await?;
     Ok(())
 }

@@ -15,8 +15,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, ConfigProblem, GatewayConfig, HEALTH_PATH, ServerConfig};
+use axum::http::HeaderName;
+
+use crate::config::{
+    ConfigError, ConfigProblem, GatewayConfig, HEALTH_PATH, LambdaConfig, ServerConfig,
+};
 use crate::handler;
+use crate::lambda::{self, Deadlines};
 use crate::route::Route;
 
 /// Everything a request needs: routes, limits, the shutdown signal.
@@ -28,6 +33,10 @@ pub struct Gateway {
     /// The semaphore's size: `max_streams`, within what a semaphore holds.
     capacity: usize,
     pub(crate) shutdown: CancellationToken,
+    /// The header moved into `Authorization` (`server.authorization_source`).
+    pub(crate) authorization_source: Option<HeaderName>,
+    /// When streams must end inside a Lambda invocation.
+    pub(crate) deadlines: Deadlines,
 }
 
 impl Gateway {
@@ -50,13 +59,28 @@ impl Gateway {
             .iter()
             .map(|(name, route)| Route::from_config(name, route))
             .collect::<Result<Vec<_>, _>>()?;
-        Self::new(config.server.clone(), routes)
+        let in_lambda = std::env::var_os(lambda::RUNTIME_API).is_some();
+        Ok(Self::new(config.server.clone(), routes)?.with_lambda(&config.lambda, in_lambda))
     }
 
     /// A gateway serving `routes`.
     pub fn new(config: ServerConfig, routes: Vec<Route>) -> Result<Self, ConfigError> {
         let mut router = matchit::Router::new();
         let mut problems = Vec::new();
+        let authorization_source = match config.authorization_source.as_deref() {
+            None => None,
+            Some(name) => match HeaderName::try_from(name) {
+                Ok(name) => Some(name),
+                Err(e) => {
+                    problems.push(ConfigProblem {
+                        origin: "server".into(),
+                        key: "authorization_source".into(),
+                        reason: e.to_string(),
+                    });
+                    None
+                }
+            },
+        };
         for route in routes {
             let (name, path) = (Arc::clone(&route.name), route.path.clone());
             if let Err(e) = router.insert(path, Arc::new(route)) {
@@ -77,7 +101,17 @@ impl Gateway {
             capacity,
             config,
             shutdown: CancellationToken::new(),
+            authorization_source,
+            deadlines: Deadlines::default(),
         })
+    }
+
+    /// Ends streams before Lambda invocations' deadlines as `config` says;
+    /// `in_lambda` (the process runs in a Lambda runtime) makes the
+    /// adapter's `x-amzn-lambda-context` header trusted for the deadline.
+    pub fn with_lambda(mut self, config: &LambdaConfig, in_lambda: bool) -> Self {
+        self.deadlines = Deadlines::new(config, in_lambda);
+        self
     }
 
     /// Cancel it to shut down: every open stream ends with a final event,

@@ -20,6 +20,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
@@ -78,20 +79,22 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// A session streaming `events` for `route`; it holds `permit` (its slot
-    /// among the open streams) until it is dropped.
+    /// A session streaming `events` for `route` for at most `lifetime` (the
+    /// route's `max_lifetime`, or less inside a Lambda invocation); it holds
+    /// `permit` (its slot among the open streams) until it is dropped.
     pub fn new(
         route: Arc<Route>,
         format: Format,
         events: Merged,
         cursor: Cursor,
+        lifetime: Duration,
         shutdown: WaitForCancellationFutureOwned,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         let now = Instant::now();
-        let lifetime_ends = now + route.max_lifetime;
+        let lifetime_ends = now + lifetime;
         let encoder = route.encoder(format);
-        let first_due = now + route.max_lifetime.min(route.max_idle).min(route.heartbeat);
+        let first_due = now + lifetime.min(route.max_idle).min(route.heartbeat);
         Self {
             events,
             format,

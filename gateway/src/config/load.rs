@@ -12,7 +12,7 @@ use std::path::Path;
 use ::config::{Config, Environment, File, FileFormat, Map, Value, ValueKind};
 use serde::de::DeserializeOwned;
 
-use super::{ConfigError, ConfigProblem, GatewayConfig, RouteConfig, ServerConfig};
+use super::{ConfigError, ConfigProblem, GatewayConfig, LambdaConfig, RouteConfig, ServerConfig};
 use backends::BackendConfig;
 
 /// The built-in configuration, used when no file is given: the reference
@@ -123,13 +123,20 @@ impl Parser<'_> {
     /// everything parsed.
     fn config(&mut self) -> (GatewayConfig, bool) {
         for key in self.root.keys() {
-            if key != "server" && key != "routes" {
-                self.problem(key, "unknown key; expected `server` or `routes`".into());
+            if !["server", "routes", "lambda"].contains(&key.as_str()) {
+                self.problem(
+                    key,
+                    "unknown key; expected `server`, `routes` or `lambda`".into(),
+                );
             }
         }
         let server = match self.root.get("server") {
             None => Some(ServerConfig::default()),
             Some(value) => self.table::<ServerConfig>(value, "server", &[]),
+        };
+        let lambda = match self.root.get("lambda") {
+            None => Some(LambdaConfig::default()),
+            Some(value) => self.table::<LambdaConfig>(value, "lambda", &[]),
         };
         let routes = match self.root.get("routes") {
             None => {
@@ -139,9 +146,10 @@ impl Parser<'_> {
             Some(value) => self.routes(value),
         };
         let (routes, routes_ok) = routes.unwrap_or_default();
-        let complete = server.is_some() && routes_ok;
+        let complete = server.is_some() && lambda.is_some() && routes_ok;
         let config = GatewayConfig {
             server: server.unwrap_or_default(),
+            lambda: lambda.unwrap_or_default(),
             routes,
         };
         (config, complete)
@@ -393,6 +401,7 @@ mod tests {
             .insert("demo".into(), BackendConfig::Demo(DemoConfig::default()));
         let expected = GatewayConfig {
             server: ServerConfig::default(),
+            lambda: LambdaConfig::default(),
             routes: BTreeMap::from([("reference".into(), route)]),
         };
         assert_eq!(loaded, expected);

@@ -29,6 +29,9 @@ pub struct GatewayConfig {
     pub server: ServerConfig,
     /// Stream routes by name. The name appears in logs and errors only.
     pub routes: BTreeMap<String, RouteConfig>,
+    /// Running on AWS Lambda.
+    #[serde(default)]
+    pub lambda: LambdaConfig,
 }
 
 /// `[server]`: the listener, global limits and logging.
@@ -58,6 +61,12 @@ pub struct ServerConfig {
     /// Log format: `plain` or `json`. The level comes from `RUST_LOG`.
     /// Default: `plain`.
     pub log_format: LogFormat,
+    /// A request header whose value the gateway moves into `Authorization`
+    /// (dropping any other `Authorization`) before anything reads it. Behind
+    /// CloudFront with Origin Access Control, which overwrites
+    /// `Authorization` with its own signature, clients' credentials travel in
+    /// `X-Client-Authorization`. Default: none (headers are left as they are).
+    pub authorization_source: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -70,8 +79,57 @@ impl Default for ServerConfig {
             max_streams: 10_000,
             shutdown_grace: Duration::from_millis(200),
             log_format: LogFormat::Plain,
+            authorization_source: None,
         }
     }
+}
+
+/// `[lambda]`: running on AWS Lambda.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LambdaConfig {
+    /// How the binary serves: `http` (listen on `server.host:port`, also
+    /// under the Lambda Web Adapter), `native` (take invocations from the
+    /// Lambda Runtime API with response streaming, no adapter), or `auto`:
+    /// `native` when `AWS_LAMBDA_RUNTIME_API` is set and no adapter is
+    /// present (no `AWS_LWA_*` variable, no `AWS_LAMBDA_EXEC_WRAPPER`, no
+    /// `/opt/extensions/lambda-adapter`), else `http`. Default: `auto`.
+    pub mode: LambdaMode,
+    /// The function's timeout. Every stream then ends `deadline_margin`
+    /// before it, with a `gateway.close` event carrying its last id, so that
+    /// clients resume on a fresh invocation. Where the invocation's own
+    /// deadline is known (always in `native` mode; from the adapter's
+    /// `x-amzn-lambda-context` header under it) the earlier of the two
+    /// counts. Default: none.
+    #[serde(with = "humantime_serde")]
+    pub function_timeout: Option<Duration>,
+    /// How long before the invocation's deadline streams end.
+    /// Default: `10s`.
+    #[serde(with = "humantime_serde")]
+    pub deadline_margin: Duration,
+}
+
+impl Default for LambdaConfig {
+    fn default() -> Self {
+        Self {
+            mode: LambdaMode::Auto,
+            function_timeout: None,
+            deadline_margin: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How the binary serves; see [`LambdaConfig::mode`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum LambdaMode {
+    /// `native` inside Lambda without an adapter, `http` otherwise.
+    #[default]
+    Auto,
+    /// Listen on `server.host:port`.
+    Http,
+    /// Serve Lambda invocations through the Runtime API.
+    Native,
 }
 
 /// How log lines are written.
@@ -241,6 +299,11 @@ macro_rules! named {
 }
 
 named!(LogFormat { "plain" => LogFormat::Plain, "json" => LogFormat::Json });
+named!(LambdaMode {
+    "auto" => LambdaMode::Auto,
+    "http" => LambdaMode::Http,
+    "native" => LambdaMode::Native,
+});
 named!(RouteMethod {
     "GET" => RouteMethod::Get,
     "POST" => RouteMethod::Post,
@@ -286,6 +349,9 @@ const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The shortest heartbeat, lifetime, idle or open time accepted.
 const MIN_DURATION: Duration = Duration::from_millis(10);
+
+/// Lambda's longest function timeout.
+const LAMBDA_MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// Response headers the gateway sets itself, which a route cannot override.
 const GATEWAY_HEADERS: [&str; 9] = [
@@ -334,6 +400,32 @@ impl GatewayConfig {
         }
         if self.server.shutdown_grace > Duration::from_secs(60) {
             push("server.shutdown_grace", "must be at most 60s");
+        }
+        if let Some(name) = &self.server.authorization_source {
+            if HeaderName::try_from(name.as_str()).is_err() {
+                push("server.authorization_source", "is not a valid header name");
+            } else if name.eq_ignore_ascii_case("authorization") {
+                push(
+                    "server.authorization_source",
+                    "must name another header than Authorization",
+                );
+            }
+        }
+        if let Some(timeout) = self.lambda.function_timeout {
+            if timeout < Duration::from_secs(1) || timeout > LAMBDA_MAX_TIMEOUT {
+                push(
+                    "lambda.function_timeout",
+                    "must be from 1s to 15m (Lambda's longest timeout)",
+                );
+            } else if self.lambda.deadline_margin >= timeout {
+                push(
+                    "lambda.deadline_margin",
+                    "must be shorter than lambda.function_timeout",
+                );
+            }
+        }
+        if self.lambda.deadline_margin > Duration::from_secs(300) {
+            push("lambda.deadline_margin", "must be at most 5m");
         }
         if self.routes.is_empty() {
             push("routes", "there must be at least one route");
@@ -510,6 +602,7 @@ mod tests {
                 max_streams: 0,
                 ..ServerConfig::default()
             },
+            lambda: LambdaConfig::default(),
             routes: BTreeMap::from([
                 ("a".into(), route("/x/{id}")),
                 ("b".into(), route("/x/{other}")),
@@ -543,6 +636,7 @@ mod tests {
             .insert("Up".into(), BackendConfig::Demo(Default::default()));
         let config = GatewayConfig {
             server: ServerConfig::default(),
+            lambda: LambdaConfig::default(),
             routes: BTreeMap::from([("API".into(), r)]),
         };
         let got = config.validate();

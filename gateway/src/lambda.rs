@@ -1,0 +1,290 @@
+//! AWS Lambda: whether the binary serves Lambda invocations itself, how it
+//! does (lambda_http's streaming runtime around the very same [`app`]), and
+//! how long a stream may live inside one invocation.
+//!
+//! Two ways to run on Lambda, one router:
+//! - under the Lambda Web Adapter (the container image): the gateway listens
+//!   on its port as anywhere else, and the adapter turns invocations into
+//!   HTTP requests (`mode = "http"`, which `auto` picks when it sees the
+//!   adapter);
+//! - natively (`provided.al2023` zip, or `mode = "native"`): invocations come
+//!   from the Runtime API and responses stream back through it, with no
+//!   adapter process and no local socket.
+//!
+//! A streamed response keeps the invocation (and its bill) running; Lambda
+//! kills it at the deadline without a word to the client. So every stream
+//! ends [`LambdaConfig::deadline_margin`] before the deadline, with a
+//! `gateway.close` event carrying its last id, and `EventSource` resumes on a
+//! fresh invocation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::HeaderName;
+use axum::http::request::Parts;
+
+use crate::config::{LambdaConfig, LambdaMode};
+use crate::server::{Gateway, app};
+
+/// Set by Lambda for the runtime process (and its extensions).
+pub const RUNTIME_API: &str = "AWS_LAMBDA_RUNTIME_API";
+/// Where a container image carries the Lambda Web Adapter.
+pub const ADAPTER_EXTENSION: &str = "/opt/extensions/lambda-adapter";
+/// What the Lambda runtime needs besides [`RUNTIME_API`]; Lambda sets them.
+const RUNTIME_VARS: [&str; 3] = [
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+];
+/// The adapter's copy of the invocation's context, with its `deadline`.
+const CONTEXT_HEADER: HeaderName = HeaderName::from_static("x-amzn-lambda-context");
+
+/// How the binary serves, once `lambda.mode` met the environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serving {
+    /// Listen on `server.host:port`.
+    Http,
+    /// Take invocations from the Lambda Runtime API.
+    Native,
+}
+
+/// Resolves `mode` against the process environment `vars`; `adapter_present`
+/// tells whether [`ADAPTER_EXTENSION`] exists. An error says why the
+/// environment cannot serve the mode asked for.
+pub fn resolve(
+    mode: LambdaMode,
+    vars: &HashMap<String, String>,
+    adapter_present: bool,
+) -> Result<Serving, String> {
+    let in_lambda = vars.get(RUNTIME_API).is_some_and(|v| !v.is_empty());
+    let adapter = adapter_present
+        || vars.contains_key("AWS_LAMBDA_EXEC_WRAPPER")
+        || vars.keys().any(|k| k.starts_with("AWS_LWA_"));
+    let serving = match mode {
+        LambdaMode::Http => Serving::Http,
+        LambdaMode::Native => Serving::Native,
+        LambdaMode::Auto if in_lambda && !adapter => Serving::Native,
+        LambdaMode::Auto => Serving::Http,
+    };
+    if serving == Serving::Native {
+        if !in_lambda {
+            return Err(format!(
+                "lambda.mode is \"native\" but {RUNTIME_API} is not set: this is not a Lambda \
+                 runtime (use mode \"http\" or \"auto\" outside Lambda)"
+            ));
+        }
+        let missing: Vec<&str> = RUNTIME_VARS
+            .into_iter()
+            .filter(|v| vars.get(*v).is_none_or(|v| v.is_empty()))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "native Lambda mode needs {}, which Lambda sets for every function",
+                missing.join(", ")
+            ));
+        }
+        if vars["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]
+            .parse::<i32>()
+            .is_err()
+        {
+            return Err("AWS_LAMBDA_FUNCTION_MEMORY_SIZE is not a number".into());
+        }
+    }
+    Ok(serving)
+}
+
+/// When streams must end inside an invocation.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Deadlines {
+    function_timeout: Option<Duration>,
+    margin: Duration,
+    /// Whether `x-amzn-lambda-context` comes from the adapter (the process
+    /// runs in Lambda, where the adapter sets it on every request) rather
+    /// than from whoever sent the request.
+    trust_context_header: bool,
+}
+
+impl Deadlines {
+    pub(crate) fn new(config: &LambdaConfig, trust_context_header: bool) -> Self {
+        Self {
+            function_timeout: config.function_timeout,
+            margin: config.deadline_margin,
+            trust_context_header,
+        }
+    }
+
+    /// How long a stream opened now for `request` may live, when an
+    /// invocation limits it: the margin before the earliest known deadline.
+    pub(crate) fn remaining(&self, request: &Parts) -> Option<Duration> {
+        let invocation = request
+            .extensions
+            .get::<lambda_http::Context>()
+            .map(|context| context.deadline)
+            .or_else(|| {
+                self.trust_context_header
+                    .then(|| request.headers.get(CONTEXT_HEADER))
+                    .flatten()
+                    .and_then(|v| context_deadline(v.as_bytes()))
+            })
+            .filter(|&deadline| deadline > 0)
+            .map(|deadline| Duration::from_millis(deadline.saturating_sub(now_millis())));
+        let limit = match (invocation, self.function_timeout) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(limit.saturating_sub(self.margin))
+    }
+}
+
+/// The `deadline` (milliseconds since the epoch) of the adapter's JSON copy
+/// of the invocation context.
+fn context_deadline(json: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Context {
+        deadline: u64,
+    }
+    serde_json::from_slice::<Context>(json)
+        .ok()
+        .map(|c| c.deadline)
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Serves Lambda invocations through the Runtime API, each answered by the
+/// gateway's router as a streamed response, until the shutdown token is
+/// cancelled. Open streams then get their final event, and the runtime keeps
+/// running for `shutdown_grace` so those last bytes reach Lambda.
+pub async fn run(gateway: Arc<Gateway>) -> Result<(), lambda_http::Error> {
+    let shutdown = gateway.shutdown_token();
+    let grace = gateway.config.shutdown_grace;
+    let runtime = lambda_http::run_with_streaming_response(app(gateway));
+    tokio::pin!(runtime);
+    tokio::select! {
+        result = &mut runtime => return result,
+        () = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, runtime).await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const LAMBDA: [(&str, &str); 4] = [
+        (RUNTIME_API, "127.0.0.1:9001"),
+        ("AWS_LAMBDA_FUNCTION_NAME", "gateway"),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512"),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+    ];
+
+    #[test]
+    fn auto_is_native_in_lambda_without_an_adapter() {
+        let lambda = vars(&LAMBDA);
+        assert_eq!(
+            resolve(LambdaMode::Auto, &lambda, false),
+            Ok(Serving::Native)
+        );
+        assert_eq!(resolve(LambdaMode::Auto, &lambda, true), Ok(Serving::Http));
+        let mut lwa = lambda.clone();
+        lwa.insert("AWS_LWA_INVOKE_MODE".into(), "response_stream".into());
+        assert_eq!(resolve(LambdaMode::Auto, &lwa, false), Ok(Serving::Http));
+        let mut layer = lambda.clone();
+        layer.insert("AWS_LAMBDA_EXEC_WRAPPER".into(), "/opt/bootstrap".into());
+        assert_eq!(resolve(LambdaMode::Auto, &layer, false), Ok(Serving::Http));
+        assert_eq!(
+            resolve(LambdaMode::Auto, &vars(&[]), false),
+            Ok(Serving::Http)
+        );
+        assert_eq!(resolve(LambdaMode::Http, &lambda, false), Ok(Serving::Http));
+        assert_eq!(resolve(LambdaMode::Native, &lwa, true), Ok(Serving::Native));
+    }
+
+    #[test]
+    fn native_outside_lambda_says_what_is_missing() {
+        let err = resolve(LambdaMode::Native, &vars(&[]), false).unwrap_err();
+        assert!(err.contains(RUNTIME_API), "{err}");
+        let err = resolve(LambdaMode::Auto, &vars(&LAMBDA[..2]), false).unwrap_err();
+        assert!(
+            err.contains("AWS_LAMBDA_FUNCTION_MEMORY_SIZE, AWS_LAMBDA_FUNCTION_VERSION"),
+            "{err}"
+        );
+        let mut bad = vars(&LAMBDA);
+        bad.insert("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), "lots".into());
+        assert!(resolve(LambdaMode::Native, &bad, false).is_err());
+    }
+
+    fn request(context: Option<&str>) -> Parts {
+        let mut builder = axum::http::Request::builder();
+        if let Some(json) = context {
+            builder = builder.header(CONTEXT_HEADER, json);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    fn deadlines(timeout: Option<u64>, trust: bool) -> Deadlines {
+        let config = LambdaConfig {
+            function_timeout: timeout.map(Duration::from_secs),
+            deadline_margin: Duration::from_secs(10),
+            ..LambdaConfig::default()
+        };
+        Deadlines::new(&config, trust)
+    }
+
+    #[test]
+    fn streams_end_a_margin_before_the_earliest_deadline() {
+        assert_eq!(deadlines(None, true).remaining(&request(None)), None);
+        assert_eq!(
+            deadlines(Some(900), false).remaining(&request(None)),
+            Some(Duration::from_secs(890))
+        );
+        let in_60s = format!(
+            r#"{{"request_id":"r","deadline":{}}}"#,
+            now_millis() + 60_000
+        );
+        let left = deadlines(Some(900), true)
+            .remaining(&request(Some(&in_60s)))
+            .unwrap();
+        assert!(left <= Duration::from_secs(50) && left > Duration::from_secs(45));
+        // Outside Lambda the header is the client's, and means nothing.
+        assert_eq!(
+            deadlines(Some(900), false).remaining(&request(Some(&in_60s))),
+            Some(Duration::from_secs(890))
+        );
+        // A deadline already within the margin leaves nothing.
+        let soon = format!(r#"{{"deadline":{}}}"#, now_millis() + 5_000);
+        assert_eq!(
+            deadlines(None, true).remaining(&request(Some(&soon))),
+            Some(Duration::ZERO)
+        );
+        // A malformed header is ignored.
+        assert_eq!(
+            deadlines(None, true).remaining(&request(Some("{\"deadline\":\"x\"}"))),
+            None
+        );
+    }
+
+    #[test]
+    fn the_native_context_is_the_deadline() {
+        let mut parts = request(None);
+        let mut context = lambda_http::Context::default();
+        context.deadline = now_millis() + 30_000;
+        parts.extensions.insert(context);
+        let left = deadlines(Some(900), false).remaining(&parts).unwrap();
+        assert!(left <= Duration::from_secs(20) && left > Duration::from_secs(15));
+    }
+}
