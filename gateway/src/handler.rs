@@ -102,11 +102,18 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         ));
     }
     if parts.method == Method::HEAD {
-        // The headers a GET would get, without opening the backends. The body
-        // has an unknown length, like a stream's (an empty body would make the
-        // answer claim length 0); HEAD never sends it.
-        let unsized_body = futures::stream::pending::<Result<Bytes, std::convert::Infallible>>();
-        let body = Body::from_stream(unsized_body);
+        // The headers a GET would get, without opening the backends. Over
+        // HTTP the body has an unknown length, like a stream's (an empty body
+        // would make the answer claim length 0), and HEAD never sends it. The
+        // Lambda runtime (native mode) streams whatever body it is given, so
+        // there it is empty, or the invocation would never end.
+        let body = if parts.extensions.get::<lambda_http::Context>().is_some() {
+            Body::empty()
+        } else {
+            let unsized_body =
+                futures::stream::pending::<Result<Bytes, std::convert::Infallible>>();
+            Body::from_stream(unsized_body)
+        };
         return Ok(stream_response(&route, negotiated, &parts.headers, body));
     }
     let Ok(permit) = Arc::clone(&gateway.streams).try_acquire_owned() else {
