@@ -1,0 +1,416 @@
+//! The `gateway` binary on Lambda, end to end, without AWS: behind a Function
+//! URL and Runtime API emulator (`support/lambda_emulator.rs`), once under the
+//! real Lambda Web Adapter (`lambda-adapter` 0.9.1, the version the image
+//! pins) with the settings of `deploy/Dockerfile`, and once in native mode.
+//!
+//! Each test runs in both modes and proves, through the Function URL: status
+//! and headers pass, events arrive one by one (in separate reads, in
+//! streaming mode), a POST body reaches the backend, an empty 204 ends,
+//! SIGTERM ends the stream with its final event, and streams end before the
+//! invocation's deadline with an id to resume from.
+//!
+//! Every wait is bounded by a timeout; nothing sleeps to synchronise.
+
+#![cfg(unix)]
+
+#[path = "support/lambda_emulator.rs"]
+mod lambda_emulator;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lambda_emulator::{Emulator, Record};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+/// Longest any start-up or exchange may take (debug builds on a loaded CI
+/// machine; each takes milliseconds).
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The routes the tests use: the reference stream, an endless ticker.
+const CONFIG: &str = r#"
+[routes.reference]
+path = "/"
+[routes.reference.backends.demo]
+type = "demo"
+
+[routes.ticks]
+path = "/ticks"
+[routes.ticks.backends.clock]
+type = "ticker"
+interval = "20ms"
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// The real Lambda Web Adapter in front of the gateway's HTTP server.
+    Adapter,
+    /// The gateway's own Runtime API client.
+    Native,
+}
+
+const MODES: [Mode; 2] = [Mode::Adapter, Mode::Native];
+
+/// A function: the emulator, the gateway, and in adapter mode the adapter.
+struct Function {
+    emulator: Emulator,
+    gateway: Child,
+    _adapter: Option<Child>,
+    _config: tempfile::NamedTempFile,
+    client: reqwest::Client,
+}
+
+impl Function {
+    async fn start(mode: Mode, function_timeout: Duration, env: &[(&str, &str)]) -> Self {
+        let emulator = Emulator::start(function_timeout).await;
+        let mut config = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("config file");
+        std::io::Write::write_all(&mut config, CONFIG.as_bytes()).expect("write config");
+
+        let mut vars = emulator.lambda_env();
+        vars.push(("GATEWAY_CONFIG".into(), config.path().display().to_string()));
+        vars.push(("RUST_LOG".into(), "info".into()));
+        vars.push(("NO_COLOR".into(), "1".into()));
+        let mut adapter = None;
+        if mode == Mode::Adapter {
+            vars.extend(dockerfile_env());
+            let port = free_port().to_string();
+            vars.push(("GATEWAY__SERVER__HOST".into(), "127.0.0.1".into()));
+            vars.push(("GATEWAY__SERVER__PORT".into(), port.clone()));
+            vars.push(("AWS_LWA_PORT".into(), port));
+        }
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+
+        let gateway = process(env!("CARGO_BIN_EXE_gateway"), &vars)
+            .spawn()
+            .expect("start the gateway");
+        if mode == Mode::Adapter {
+            // Lambda starts the extension beside the function's process.
+            adapter = Some(
+                process(&adapter_binary(), &vars)
+                    .spawn()
+                    .expect("start lambda-adapter"),
+            );
+        }
+        let client = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .build()
+            .expect("client");
+        Self {
+            emulator,
+            gateway,
+            _adapter: adapter,
+            _config: config,
+            client,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.emulator.url)
+    }
+
+    /// The last invocation's record, once its response has ended.
+    async fn last_record(&self) -> Record {
+        within(self.emulator.finished_last()).await
+    }
+
+    /// Sends SIGTERM to the gateway, as Lambda does at shutdown.
+    async fn terminate(&self) {
+        let pid = self.gateway.id().expect("gateway running").to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success());
+    }
+}
+
+/// A command with exactly `vars` over a cleaned environment (no inherited
+/// `GATEWAY…`, `AWS_…` variables), killed when dropped. Its logs show with
+/// `TEST_LOGS=1`.
+fn process(program: &str, vars: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(program);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("GATEWAY") || name.starts_with("AWS_") {
+            cmd.env_remove(&name);
+        }
+    }
+    let logs = std::env::var_os("TEST_LOGS").is_some();
+    cmd.envs(vars.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(if logs {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .stderr(if logs {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true);
+    cmd
+}
+
+/// `deploy/Dockerfile`'s `ENV KEY=VALUE` lines: the image's settings.
+fn dockerfile_env() -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/Dockerfile");
+    let text = std::fs::read_to_string(&path).expect("read deploy/Dockerfile");
+    let vars: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("ENV "))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let get = |key: &str| vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    assert_eq!(
+        get("AWS_LWA_INVOKE_MODE"),
+        Some("response_stream"),
+        "{vars:?}"
+    );
+    assert_eq!(get("AWS_LWA_READINESS_CHECK_PATH"), Some("/healthz"));
+    vars
+}
+
+/// The Lambda Web Adapter binary: `$LAMBDA_ADAPTER`, else `lambda-adapter`
+/// on the PATH or in cargo's bin folder (`.ci/run` installs it there with
+/// `cargo install lambda_web_adapter --version 0.9.1 --locked`).
+fn adapter_binary() -> String {
+    if let Ok(path) = std::env::var("LAMBDA_ADAPTER") {
+        return path;
+    }
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|home| home.join("bin"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(cargo_bin)
+        .map(|dir| dir.join("lambda-adapter"))
+        .find(|candidate| candidate.is_file())
+        .map(|found| found.display().to_string())
+        .expect(
+            "lambda-adapter not found: install it with \
+             `cargo install lambda_web_adapter --version 0.9.1 --locked` (.ci/run does)",
+        )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(TIMEOUT, future)
+        .await
+        .expect("timed out")
+}
+
+/// The body's lines as they arrive, with the index of the read that brought
+/// each one.
+async fn lines_by_read(response: reqwest::Response) -> Vec<(usize, String)> {
+    let mut lines = Vec::new();
+    let mut partial = String::new();
+    let mut body = response.bytes_stream();
+    let mut read = 0;
+    while let Some(chunk) = within(body.next()).await {
+        let chunk = chunk.expect("body chunk");
+        partial.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        while let Some(at) = partial.find('\n') {
+            let line: String = partial.drain(..=at).collect();
+            lines.push((read, line.trim_end_matches('\n').to_string()));
+        }
+        read += 1;
+    }
+    assert_eq!(partial, "", "the body ends with a complete line");
+    lines
+}
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn the_reference_stream_arrives_event_by_event_with_its_headers() {
+    for mode in MODES {
+        let function = Function::start(mode, TIMEOUT, &[]).await;
+        let response = within(
+            function
+                .client
+                .get(function.url("/"))
+                .header("x-original-host", "stream.example.com")
+                .send(),
+        )
+        .await
+        .expect("request");
+        assert_eq!(response.status(), 200, "{mode:?}");
+        assert_eq!(header(&response, "content-type"), "application/x-ndjson");
+        assert_eq!(header(&response, "x-aggregateinfo-result"), "OK");
+        assert_eq!(header(&response, "x-request-host"), "stream.example.com");
+        let lines = lines_by_read(response).await;
+        let events: Vec<Value> = lines
+            .iter()
+            .map(|(_, l)| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        assert_eq!(events.len(), 6, "{mode:?}: {lines:?}");
+        assert_eq!(events[0]["message"], "streaming begin");
+        assert_eq!(events[5]["message"], "done");
+        // Streamed, not buffered: every event came in a read of its own
+        // (they are produced 300 ms or more apart).
+        let reads: Vec<usize> = lines.iter().map(|(read, _)| *read).collect();
+        let mut distinct = reads.clone();
+        distinct.dedup();
+        assert_eq!(distinct, reads, "{mode:?}: events shared a read: {lines:?}");
+        let record = function.last_record().await;
+        assert_eq!(record.mode.as_deref(), Some("streaming"), "{mode:?}");
+        assert!(record.completed, "{mode:?}: {record:?}");
+    }
+}
+
+#[tokio::test]
+async fn sse_post_bodies_errors_and_empty_answers_pass_through() {
+    for mode in MODES {
+        let function = Function::start(mode, TIMEOUT, &[]).await;
+        // SSE, and a POST body the backend reads.
+        let response = within(
+            function
+                .client
+                .post(function.url("/?format=sse"))
+                .body(r#"{"text": "from the body"}"#)
+                .send(),
+        )
+        .await
+        .expect("request");
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "content-type"), "text/event-stream");
+        let body = within(response.text()).await.expect("body");
+        for token in ["from", "the", "body"] {
+            assert!(
+                body.contains(&format!("\"token\":\"{token}\"")),
+                "{mode:?}: {body}"
+            );
+        }
+        // An error before the stream: its status and JSON body.
+        let response = within(function.client.get(function.url("/nowhere")).send())
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 404, "{mode:?}");
+        let error: Value = within(response.json()).await.expect("JSON error");
+        assert_eq!(error["error"], "not_found");
+        // Resuming after the last event: 204, which must end (an empty
+        // streamed body hangs where nothing ends it).
+        let response = within(
+            function
+                .client
+                .get(function.url("/"))
+                .header("last-event-id", "5")
+                .send(),
+        )
+        .await
+        .expect("request");
+        assert_eq!(response.status(), 204, "{mode:?}");
+        assert_eq!(within(response.bytes()).await.expect("body").len(), 0);
+        let record = function.last_record().await;
+        assert!(record.completed, "{mode:?}: {record:?}");
+        // HEAD: a GET's headers, and an end.
+        let response = within(function.client.head(function.url("/")).send())
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "{mode:?}");
+        assert_eq!(header(&response, "content-type"), "application/x-ndjson");
+        let record = function.last_record().await;
+        assert!(record.completed, "{mode:?}: {record:?}");
+    }
+}
+
+/// The NDJSON lines of `/ticks` until `stop` says so, then the rest.
+async fn ticks_then(function: &Function, after: usize, stop: impl AsyncFnOnce()) -> Vec<Value> {
+    let response = within(function.client.get(function.url("/ticks")).send())
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while text.matches('\n').count() < after {
+        let chunk = within(body.next())
+            .await
+            .expect("more events")
+            .expect("chunk");
+        text.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+    }
+    stop().await;
+    while let Some(chunk) = within(body.next()).await {
+        text.push_str(std::str::from_utf8(&chunk.expect("chunk")).expect("UTF-8"));
+    }
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_stream_with_its_final_event() {
+    for mode in MODES {
+        let mut function = Function::start(mode, TIMEOUT, &[]).await;
+        let events = ticks_then(&function, 3, || function.terminate()).await;
+        let last = events.last().expect("events");
+        assert_eq!(last["event"], "gateway.close", "{mode:?}: {events:?}");
+        assert_eq!(last["reason"], "shutdown");
+        let sent = events.len() - 1;
+        let last_tick = &events[sent - 1];
+        assert_eq!(
+            last["last_event_id"],
+            last_tick["seq"].to_string(),
+            "{events:?}"
+        );
+        let record = function.last_record().await;
+        assert!(record.completed, "{mode:?}: {record:?}");
+        let status = within(function.gateway.wait()).await.expect("exit status");
+        assert!(status.success(), "{mode:?}: {status}");
+    }
+}
+
+#[tokio::test]
+async fn streams_end_before_the_invocations_deadline() {
+    for mode in MODES {
+        // The invocation has 1.5 s; streams end 1 s before it.
+        let function = Function::start(
+            mode,
+            Duration::from_millis(1500),
+            &[("GATEWAY__LAMBDA__DEADLINE_MARGIN", "1s")],
+        )
+        .await;
+        let events = ticks_then(&function, 1, async || {}).await;
+        let last = events.last().expect("events");
+        assert_eq!(last["event"], "gateway.close", "{mode:?}: {events:?}");
+        assert_eq!(last["reason"], "lifetime", "{mode:?}");
+        assert!(last["last_event_id"].is_string(), "{last}");
+        let record = function.last_record().await;
+        assert!(record.completed, "{mode:?}: {record:?}");
+        assert_eq!(record.error, None);
+    }
+}
+
+#[tokio::test]
+async fn only_the_adapter_registers_as_an_extension() {
+    let function = Function::start(Mode::Adapter, TIMEOUT, &[]).await;
+    within(function.client.get(function.url("/nowhere")).send())
+        .await
+        .expect("request");
+    assert_eq!(function.emulator.extensions(), ["lambda-adapter"]);
+    let function = Function::start(Mode::Native, TIMEOUT, &[]).await;
+    within(function.client.get(function.url("/nowhere")).send())
+        .await
+        .expect("request");
+    assert_eq!(function.emulator.extensions(), Vec::<String>::new());
+}
