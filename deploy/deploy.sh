@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# Deploys the streaming gateway: first the edge stack (template_le.yaml, the
+# Lambda@Edge edge hasher) in us-east-1, then the main stack (template.yaml)
+# in the chosen region with the edge hasher's version ARN. Prints the
+# distribution URL and a curl command at the end. Run with --help.
+set -euo pipefail
+
+EDGE_REGION=us-east-1
+
+usage() {
+    cat <<'USAGE'
+Usage: deploy/deploy.sh [options]
+
+Builds and deploys the streaming gateway with AWS SAM:
+  1. the edge stack (deploy/template_le.yaml: the Lambda@Edge edge hasher)
+     in us-east-1, where Lambda@Edge functions must live;
+  2. the main stack (deploy/template.yaml: the gateway function, its
+     Function URL, CloudFront) in the chosen region, with the edge hasher's
+     version ARN.
+Then prints the distribution URL and a `curl -N` command.
+
+Options:
+  --profile NAME         AWS CLI profile for every aws and sam command.
+  --region REGION        Region of the main stack (default: the profile's
+                         configured region, else AWS_REGION, else us-east-1).
+  --stack-name NAME      Main stack name (default: streaming-gateway); the
+                         edge stack is NAME-edge. At most 40 characters.
+  --package-type TYPE    image (default): container image with the Lambda
+                         Web Adapter, needs docker. zip: provided.al2023
+                         with the gateway's native Lambda mode, needs
+                         cargo-lambda.
+  --function-timeout S   Lambda timeout in seconds, 3..900 (default 900).
+                         Streams end a margin before it; clients resume.
+  --config PATH          Gateway config file inside the image, e.g.
+                         /etc/gateway/examples/fan-in.toml (config/ is
+                         copied to /etc/gateway/). Image only.
+  -h, --help             Show this help.
+
+Prerequisites: aws (AWS CLI v2) with credentials, sam (AWS SAM CLI), and
+docker (image) or cargo-lambda (zip).
+USAGE
+}
+
+die() {
+    printf 'deploy.sh: %s\n' "$*" >&2
+    exit 1
+}
+
+step() {
+    printf '==> %s\n' "$*" >&2
+}
+
+profile=""
+region=""
+stack_name="streaming-gateway"
+package_type="image"
+function_timeout="900"
+config_path=""
+
+need_value() {
+    [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value (see --help)"
+}
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        --profile)
+            need_value "$@"
+            profile="$2"
+            shift 2
+            ;;
+        --region)
+            need_value "$@"
+            region="$2"
+            shift 2
+            ;;
+        --stack-name)
+            need_value "$@"
+            stack_name="$2"
+            shift 2
+            ;;
+        --package-type)
+            need_value "$@"
+            package_type="$2"
+            shift 2
+            ;;
+        --function-timeout)
+            need_value "$@"
+            function_timeout="$2"
+            shift 2
+            ;;
+        --config)
+            need_value "$@"
+            config_path="$2"
+            shift 2
+            ;;
+        *)
+            die "unknown option: $1 (see --help)"
+            ;;
+    esac
+done
+
+# Validate the options before touching anything.
+case "$package_type" in
+    image) template_package_type=Image ;;
+    zip) template_package_type=Zip ;;
+    *) die "--package-type must be image or zip, not '$package_type'" ;;
+esac
+if ! [[ "$function_timeout" =~ ^[0-9]{1,3}$ ]] ||
+    ((10#$function_timeout < 3 || 10#$function_timeout > 900)); then
+    die "--function-timeout must be a number of seconds from 3 to 900, not '$function_timeout'"
+fi
+function_timeout=$((10#$function_timeout))
+# CloudFormation stack names; ours also prefix account-wide CloudFront names.
+[[ "$stack_name" =~ ^[A-Za-z][A-Za-z0-9-]{0,39}$ ]] ||
+    die "--stack-name must be a letter then letters, digits or '-', at most 40 characters, not '$stack_name'"
+if [[ -n "$config_path" && "$package_type" == zip ]]; then
+    die "--config needs --package-type image: the zip package holds only the gateway binary"
+fi
+if [[ -n "$config_path" && "$config_path" != /* ]]; then
+    die "--config takes a path inside the image, e.g. /etc/gateway/examples/fan-in.toml"
+fi
+
+# Prerequisites, all checked before anything is built or deployed.
+missing=()
+command -v aws >/dev/null 2>&1 || missing+=("aws (AWS CLI v2: https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html)")
+command -v sam >/dev/null 2>&1 || missing+=("sam (AWS SAM CLI: https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/install-sam-cli.html)")
+if [[ "$package_type" == image ]]; then
+    command -v docker >/dev/null 2>&1 || missing+=("docker (builds the container image; or use --package-type zip)")
+else
+    command -v cargo-lambda >/dev/null 2>&1 || missing+=("cargo-lambda (builds the zip: https://www.cargo-lambda.info/guide/installation.html)")
+fi
+if [[ ${#missing[@]} -gt 0 ]]; then
+    printf 'deploy.sh: missing prerequisite: %s\n' "${missing[@]}" >&2
+    exit 1
+fi
+if [[ "$package_type" == image ]] && ! docker info >/dev/null 2>&1; then
+    die "docker is installed but not running (docker info failed): start the Docker daemon"
+fi
+
+# Possibly empty: expanded as ${aws_args[@]+"${aws_args[@]}"}, which bash 3.2
+# (macOS) accepts under `set -u`.
+aws_args=()
+[[ -n "$profile" ]] && aws_args+=(--profile "$profile")
+
+if [[ -z "$region" ]]; then
+    region="$(aws ${aws_args[@]+"${aws_args[@]}"} configure get region 2>/dev/null || true)"
+    [[ -n "$region" ]] || region="${AWS_REGION:-${AWS_DEFAULT_REGION:-us-east-1}}"
+fi
+
+account="$(aws ${aws_args[@]+"${aws_args[@]}"} sts get-caller-identity --query Account --output text 2>/dev/null)" ||
+    die "no usable AWS credentials: 'aws sts get-caller-identity' failed (run 'aws configure' or 'aws sso login', or pass --profile)"
+[[ "$account" =~ ^[0-9]{12}$ ]] ||
+    die "unexpected answer from 'aws sts get-caller-identity': '$account'"
+
+# Everything runs from the repository root; SAM build output stays in deploy/.
+script_dir="${BASH_SOURCE[0]%/*}"
+[[ "$script_dir" != "${BASH_SOURCE[0]}" ]] || script_dir=.
+cd "$script_dir/.."
+build_dir="deploy/.aws-sam"
+edge_stack="${stack_name}-edge"
+
+stack_output() { # STACK REGION OUTPUT-KEY
+    aws ${aws_args[@]+"${aws_args[@]}"} cloudformation describe-stacks \
+        --stack-name "$1" --region "$2" \
+        --query "Stacks[0].Outputs[?OutputKey=='$3'].OutputValue" \
+        --output text
+}
+
+# 1. The edge stack, in us-east-1.
+step "Building the edge hasher (deploy/template_le.yaml)"
+sam build ${aws_args[@]+"${aws_args[@]}"} \
+    --template-file deploy/template_le.yaml \
+    --build-dir "$build_dir/edge" \
+    --region "$EDGE_REGION"
+
+step "Deploying stack $edge_stack in $EDGE_REGION"
+sam deploy ${aws_args[@]+"${aws_args[@]}"} \
+    --template-file "$build_dir/edge/template.yaml" \
+    --stack-name "$edge_stack" \
+    --region "$EDGE_REGION" \
+    --resolve-s3 \
+    --capabilities CAPABILITY_IAM \
+    --no-confirm-changeset \
+    --no-fail-on-empty-changeset
+
+edge_arn="$(stack_output "$edge_stack" "$EDGE_REGION" EdgeHasherVersionArn)" ||
+    die "could not read the EdgeHasherVersionArn output of stack $edge_stack"
+[[ "$edge_arn" =~ ^arn:aws[a-zA-Z-]*:lambda:us-east-1:[0-9]{12}:function:[A-Za-z0-9_-]+:[0-9]+$ ]] ||
+    die "stack $edge_stack gave no numbered version ARN for EdgeHasherVersionArn (got '$edge_arn')"
+step "Edge hasher version: $edge_arn"
+
+# 2. The main stack. `sam build` ignores the template's conditions, so only
+# the function that PackageType selects is built.
+build_args=()
+deploy_args=()
+if [[ "$package_type" == image ]]; then
+    build_args+=(--exclude GatewayZipFunction)
+    deploy_args+=(--resolve-image-repos)
+else
+    # SAM's Cargo Lambda builder is a beta feature.
+    build_args+=(--exclude GatewayImageFunction --beta-features)
+    # `sam deploy` wants an image repository for every image function in the
+    # template, built or not; the unbuilt one is never pushed, nor created.
+    deploy_args+=(--image-repositories "GatewayImageFunction=${account}.dkr.ecr.${region}.amazonaws.com/unused")
+fi
+parameters=(
+    "EdgeHasherVersionArn=$edge_arn"
+    "PackageType=$template_package_type"
+    "FunctionTimeout=$function_timeout"
+)
+[[ -n "$config_path" ]] && parameters+=("ConfigPath=$config_path")
+
+step "Building the gateway ($package_type, deploy/template.yaml)"
+sam build ${aws_args[@]+"${aws_args[@]}"} \
+    --template-file deploy/template.yaml \
+    --build-dir "$build_dir/main" \
+    --region "$region" \
+    "${build_args[@]}"
+
+step "Deploying stack $stack_name in $region"
+sam deploy ${aws_args[@]+"${aws_args[@]}"} \
+    --template-file "$build_dir/main/template.yaml" \
+    --stack-name "$stack_name" \
+    --region "$region" \
+    --resolve-s3 \
+    "${deploy_args[@]}" \
+    --capabilities CAPABILITY_IAM \
+    --no-confirm-changeset \
+    --no-fail-on-empty-changeset \
+    --parameter-overrides "${parameters[@]}"
+
+distribution_url="$(stack_output "$stack_name" "$region" DistributionUrl)" ||
+    die "could not read the DistributionUrl output of stack $stack_name"
+curl_command="$(stack_output "$stack_name" "$region" CurlCommand)" ||
+    die "could not read the CurlCommand output of stack $stack_name"
+
+printf '\nThe gateway is deployed (a new distribution takes a few minutes to reach every edge location).\n\n'
+printf 'Distribution URL: %s\n' "$distribution_url"
+printf 'Watch a stream:   %s\n' "$curl_command"

@@ -1,0 +1,132 @@
+//! The `deploy/` folder, checked offline with the tools `.ci/run` installs:
+//!
+//! - node's built-in test runner over `deploy/test/*.test.mjs`: the
+//!   CloudFront Function and the Lambda@Edge edge hasher on documented event
+//!   shapes, the inline copy of the function in `deploy/template.yaml`, and
+//!   `deploy/deploy.sh` against fake `aws`, `sam`, `docker`, `cargo-lambda`;
+//! - `cfn-lint` over both SAM templates (errors fail; warnings are shown);
+//! - `shellcheck` over `deploy/deploy.sh`.
+//!
+//! A missing tool fails the test with its name and how `.ci/run` installs it:
+//! nothing is skipped.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `program` with `args` in the workspace root and returns its output,
+/// whatever its exit status. Panics when the program cannot be started,
+/// naming it and saying how `.ci/run` installs it.
+fn run(program: &str, args: &[String], install: &str) -> Output {
+    match Command::new(program)
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+    {
+        Ok(output) => output,
+        Err(error) if error.kind() == ErrorKind::NotFound => panic!(
+            "`{program}` is not installed, and the deploy/ checks need it. \
+             On Debian, .ci/run installs it: {install}"
+        ),
+        Err(error) => panic!("cannot run `{program}`: {error}"),
+    }
+}
+
+fn report(program: &str, args: &[String], output: &Output) -> String {
+    format!(
+        "`{program} {}` exited with {}\n--- stdout\n{}\n--- stderr\n{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+/// `deploy/test/*.test.mjs`, sorted. Passed to node as files: `node --test`
+/// reads a directory argument differently across Node versions.
+fn node_test_files() -> Vec<String> {
+    let dir = workspace_root().join("deploy/test");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) => panic!("cannot read {}: {error}", dir.display()),
+    };
+    let mut files: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".test.mjs"))
+        .map(|name| format!("deploy/test/{name}"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn node_tests_of_the_edge_functions_templates_and_deploy_script_pass() {
+    let files = node_test_files();
+    assert!(
+        files.len() >= 3,
+        "expected the deploy/test/*.test.mjs files, found {files:?}"
+    );
+    let mut args = vec!["--test".to_string()];
+    args.extend(files);
+    let output = run(
+        "node",
+        &args,
+        "`apt-get install -y nodejs` when `node` is missing (Node 18 or later; no npm packages are used)",
+    );
+    let text = report("node", &args, &output);
+    assert!(output.status.success(), "{text}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.lines().any(|line| line == "# fail 0"),
+        "node reported failures or no summary:\n{text}"
+    );
+    assert!(
+        !stdout.lines().any(|line| line == "# pass 0"),
+        "node ran no test:\n{text}"
+    );
+}
+
+#[test]
+fn cfn_lint_finds_no_errors_in_the_templates() {
+    let args = vec![
+        "deploy/template.yaml".to_string(),
+        "deploy/template_le.yaml".to_string(),
+    ];
+    let output = run(
+        "cfn-lint",
+        &args,
+        "`python3 -m pip install --user cfn-lint` when `cfn-lint` is missing (it puts ~/.local/bin on the PATH)",
+    );
+    let text = report("cfn-lint", &args, &output);
+    // cfn-lint's exit status is a bit mask: 2 errors, 4 warnings,
+    // 8 informational; 1 means cfn-lint itself failed.
+    let code = output.status.code();
+    match code {
+        Some(code) if code & !(4 | 8) == 0 => {
+            if code != 0 {
+                eprintln!("cfn-lint warnings or notes (not failures):\n{text}");
+            }
+        }
+        _ => panic!("{text}"),
+    }
+}
+
+#[test]
+fn shellcheck_passes_the_deploy_script() {
+    let args = vec!["deploy/deploy.sh".to_string()];
+    let output = run(
+        "shellcheck",
+        &args,
+        "`apt-get install -y shellcheck` when `shellcheck` is missing",
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        report("shellcheck", &args, &output)
+    );
+}
