@@ -5,7 +5,9 @@
 //!   shapes, the inline copy of the function in `deploy/template.yaml`, and
 //!   `deploy/deploy.sh` against fake `aws`, `sam`, `docker`, `cargo-lambda`;
 //! - `cfn-lint` over both SAM templates (errors fail; warnings are shown);
-//! - `shellcheck` over `deploy/deploy.sh`.
+//! - `shellcheck` over `deploy/deploy.sh`;
+//! - `deploy/Dockerfile`, by hand: tagged images, the adapter version the
+//!   Lambda tests run, a non-root user, an exec-form entrypoint.
 //!
 //! A missing tool fails the test with its name and how `.ci/run` installs it:
 //! nothing is skipped.
@@ -129,4 +131,86 @@ fn shellcheck_passes_the_deploy_script() {
         "{}",
         report("shellcheck", &args, &output)
     );
+}
+
+/// No Dockerfile linter installs offline, so the rules that matter here are
+/// checked by hand (hadolint's DL3006/DL3007 tagged images, DL3002 not root,
+/// DL3025 exec-form entrypoint), with the settings the Lambda tests rely on:
+/// the adapter is the version `.ci/run` installs for
+/// `gateway/tests/lambda.rs`, and each `ENV` line is one `KEY=VALUE`.
+#[test]
+fn the_dockerfile_tags_its_images_pins_the_adapter_and_runs_unprivileged() {
+    let path = workspace_root().join("deploy/Dockerfile");
+    let text = std::fs::read_to_string(&path).expect("read deploy/Dockerfile");
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let stages: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .collect();
+    assert!(stages.len() >= 2, "a multi-stage build: {stages:?}");
+    let mut images: Vec<&str> = stages
+        .iter()
+        .filter_map(|s| s.split_whitespace().next())
+        .collect();
+    for line in &lines {
+        if let Some(from) = line
+            .strip_prefix("COPY --from=")
+            .and_then(|rest| rest.split_whitespace().next())
+        {
+            if from.contains('/') {
+                images.push(from);
+            }
+        }
+    }
+    for image in &images {
+        let name = image.rsplit('/').next().unwrap_or(image);
+        let tag = name.split_once(['@', ':']).map_or("", |(_, tag)| tag);
+        assert!(
+            !tag.is_empty() && tag != "latest",
+            "{image} names no tag (or `latest`)"
+        );
+    }
+    let ci = std::fs::read_to_string(workspace_root().join(".ci/run")).expect("read .ci/run");
+    let lwa_version = ci
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("lwa_version="))
+        .expect(".ci/run names lwa_version");
+    let adapter = format!(
+        "COPY --from=public.ecr.aws/awsguru/aws-lambda-adapter:{lwa_version} \
+         /lambda-adapter /opt/extensions/lambda-adapter"
+    );
+    assert!(
+        lines.contains(&adapter.as_str()),
+        "the image must carry the adapter the tests run: {adapter}"
+    );
+    let last_stage = lines
+        .iter()
+        .rposition(|l| l.starts_with("FROM "))
+        .expect("a FROM");
+    let user = lines[last_stage..]
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the runtime stage sets USER");
+    assert!(!["root", "0"].contains(&user.trim()), "runs as {user}");
+    let entrypoint = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("ENTRYPOINT "))
+        .expect("an ENTRYPOINT");
+    assert!(
+        serde_json::from_str::<Vec<String>>(entrypoint).is_ok(),
+        "ENTRYPOINT in exec form (a JSON array): {entrypoint}"
+    );
+    for line in lines.iter().filter(|l| l.starts_with("ENV ")) {
+        let setting = &line["ENV ".len()..];
+        let (key, value) = setting.split_once('=').expect("ENV KEY=VALUE");
+        assert!(
+            !key.contains(char::is_whitespace) && !value.contains([' ', '"', '\'']),
+            "one unquoted KEY=VALUE per ENV line: {line}"
+        );
+    }
 }
