@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -176,6 +177,10 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
     let events = fanin::open(&route, &contexts).await?;
     let format = negotiated.format;
     let lifetime = match gateway.deadlines.remaining(&parts) {
+        Some(Duration::ZERO) => {
+            tracing::warn!(route = %route.name, "The invocation's deadline is within lambda.deadline_margin: the stream ends at once (raise the function's timeout or lower the margin)");
+            Duration::ZERO
+        }
         Some(left) if left < route.max_lifetime => {
             tracing::debug!(route = %route.name, left_ms = left.as_millis() as u64, "Stream ends before the invocation's deadline");
             left
@@ -316,4 +321,48 @@ fn stream_response(
         headers.insert(name.clone(), value.clone());
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    HeaderName::try_from(*k).unwrap(),
+                    HeaderValue::try_from(*v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn values<'a>(map: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+        map.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_credential_moves_back_and_the_signature_is_dropped() {
+        let source = HeaderName::from_static("x-client-authorization");
+        let mut map = headers(&[
+            ("authorization", "AWS4-HMAC-SHA256 Credential=…"),
+            ("x-client-authorization", "Bearer a"),
+            ("x-client-authorization", "Bearer b"),
+            ("accept", "text/event-stream"),
+        ]);
+        restore_authorization(&mut map, &source);
+        assert_eq!(values(&map, "authorization"), ["Bearer a", "Bearer b"]);
+        assert!(map.get(&source).is_none());
+        assert_eq!(values(&map, "accept"), ["text/event-stream"]);
+
+        // Without the source header, no Authorization reaches anything.
+        let mut map = headers(&[("authorization", "AWS4-HMAC-SHA256 Credential=…")]);
+        restore_authorization(&mut map, &source);
+        assert!(map.is_empty(), "{map:?}");
+    }
 }

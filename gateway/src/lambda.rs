@@ -31,6 +31,8 @@ use crate::server::{Gateway, app};
 pub const RUNTIME_API: &str = "AWS_LAMBDA_RUNTIME_API";
 /// Where a container image carries the Lambda Web Adapter.
 pub const ADAPTER_EXTENSION: &str = "/opt/extensions/lambda-adapter";
+/// The exec wrapper of the adapter's Lambda layer.
+const ADAPTER_WRAPPER: &str = "/opt/bootstrap";
 /// What the Lambda runtime needs besides [`RUNTIME_API`]; Lambda sets them.
 const RUNTIME_VARS: [&str; 3] = [
     "AWS_LAMBDA_FUNCTION_NAME",
@@ -57,9 +59,11 @@ pub fn resolve(
     vars: &HashMap<String, String>,
     adapter_present: bool,
 ) -> Result<Serving, String> {
-    let in_lambda = vars.get(RUNTIME_API).is_some_and(|v| !v.is_empty());
+    let in_lambda = is_set(vars.get(RUNTIME_API).map(String::as_str));
+    // The adapter's layer (for zip functions) starts the function through
+    // its wrapper; other layers' wrappers (tracing, monitoring) are not it.
     let adapter = adapter_present
-        || vars.contains_key("AWS_LAMBDA_EXEC_WRAPPER")
+        || vars.get("AWS_LAMBDA_EXEC_WRAPPER").map(String::as_str) == Some(ADAPTER_WRAPPER)
         || vars.keys().any(|k| k.starts_with("AWS_LWA_"));
     let serving = match mode {
         LambdaMode::Http => Serving::Http,
@@ -92,6 +96,16 @@ pub fn resolve(
         }
     }
     Ok(serving)
+}
+
+/// Whether this process runs in a Lambda execution environment (as the
+/// function or beside it): Lambda sets [`RUNTIME_API`] for both.
+pub fn in_lambda() -> bool {
+    is_set(std::env::var(RUNTIME_API).ok().as_deref())
+}
+
+fn is_set(value: Option<&str>) -> bool {
+    value.is_some_and(|v| !v.is_empty())
 }
 
 /// When streams must end inside an invocation.
@@ -155,11 +169,22 @@ fn now_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The name of the extension [`run`] registers.
+pub const EXTENSION_NAME: &str = "gateway-shutdown";
+
 /// Serves Lambda invocations through the Runtime API, each answered by the
 /// gateway's router as a streamed response, until the shutdown token is
 /// cancelled. Open streams then get their final event, and the runtime keeps
 /// running for `shutdown_grace` so those last bytes reach Lambda.
+///
+/// Lambda sends SIGTERM before it shuts an environment down only when an
+/// extension is registered, so `run` first registers an internal one that
+/// subscribes to no event (it costs no invocation anything). If that fails,
+/// streams still end before their deadline; only the signal is lost.
 pub async fn run(gateway: Arc<Gateway>) -> Result<(), lambda_http::Error> {
+    if let Err(error) = register_extension().await {
+        tracing::warn!(%error, "Could not register for Lambda's SIGTERM; streams end at their deadline only");
+    }
     let shutdown = gateway.shutdown_token();
     let grace = gateway.config.shutdown_grace;
     let runtime = lambda_http::run_with_streaming_response(app(gateway));
@@ -172,6 +197,35 @@ pub async fn run(gateway: Arc<Gateway>) -> Result<(), lambda_http::Error> {
         Ok(result) => result,
         Err(_) => Ok(()),
     }
+}
+
+/// Registers [`EXTENSION_NAME`] with the Extensions API and waits for its
+/// (never coming) events in the background, as an extension must.
+async fn register_extension() -> Result<(), lambda_http::Error> {
+    use lambda_runtime_api_client::body::Body;
+    use lambda_runtime_api_client::{Client, build_request};
+
+    let client = Client::builder().build()?;
+    let register = build_request()
+        .method("POST")
+        .uri("/2020-01-01/extension/register")
+        .header("Lambda-Extension-Name", EXTENSION_NAME)
+        .body(Body::from(r#"{"events":[]}"#))?;
+    let response = client.call(register).await?;
+    let status = response.status();
+    let id = response
+        .headers()
+        .get("lambda-extension-identifier")
+        .cloned()
+        .filter(|_| status.is_success())
+        .ok_or_else(|| format!("the Extensions API answered {status}"))?;
+    let next = build_request()
+        .method("GET")
+        .uri("/2020-01-01/extension/event/next")
+        .header("Lambda-Extension-Identifier", id)
+        .body(Body::empty())?;
+    tokio::spawn(client.call(next));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -206,6 +260,10 @@ mod tests {
         let mut layer = lambda.clone();
         layer.insert("AWS_LAMBDA_EXEC_WRAPPER".into(), "/opt/bootstrap".into());
         assert_eq!(resolve(LambdaMode::Auto, &layer, false), Ok(Serving::Http));
+        // Another layer's wrapper (tracing, say) is not the adapter.
+        let mut otel = lambda.clone();
+        otel.insert("AWS_LAMBDA_EXEC_WRAPPER".into(), "/opt/otel-handler".into());
+        assert_eq!(resolve(LambdaMode::Auto, &otel, false), Ok(Serving::Native));
         assert_eq!(
             resolve(LambdaMode::Auto, &vars(&[]), false),
             Ok(Serving::Http)

@@ -59,8 +59,8 @@ impl Gateway {
             .iter()
             .map(|(name, route)| Route::from_config(name, route))
             .collect::<Result<Vec<_>, _>>()?;
-        let in_lambda = std::env::var_os(lambda::RUNTIME_API).is_some();
-        Ok(Self::new(config.server.clone(), routes)?.with_lambda(&config.lambda, in_lambda))
+        Ok(Self::new(config.server.clone(), routes)?
+            .with_lambda(&config.lambda, lambda::in_lambda()))
     }
 
     /// A gateway serving `routes`.

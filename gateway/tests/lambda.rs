@@ -18,7 +18,7 @@ mod lambda_emulator;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lambda_emulator::{Emulator, Record};
@@ -213,21 +213,19 @@ async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
         .expect("timed out")
 }
 
-/// The body's lines as they arrive, with the index of the read that brought
-/// each one.
-async fn lines_by_read(response: reqwest::Response) -> Vec<(usize, String)> {
+/// The body's lines, each with the moment it arrived.
+async fn timed_lines(response: reqwest::Response) -> Vec<(Instant, String)> {
     let mut lines = Vec::new();
     let mut partial = String::new();
     let mut body = response.bytes_stream();
-    let mut read = 0;
     while let Some(chunk) = within(body.next()).await {
         let chunk = chunk.expect("body chunk");
+        let now = Instant::now();
         partial.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
         while let Some(at) = partial.find('\n') {
             let line: String = partial.drain(..=at).collect();
-            lines.push((read, line.trim_end_matches('\n').to_string()));
+            lines.push((now, line.trim_end_matches('\n').to_string()));
         }
-        read += 1;
     }
     assert_eq!(partial, "", "the body ends with a complete line");
     lines
@@ -258,7 +256,7 @@ async fn the_reference_stream_arrives_event_by_event_with_its_headers() {
         assert_eq!(header(&response, "content-type"), "application/x-ndjson");
         assert_eq!(header(&response, "x-aggregateinfo-result"), "OK");
         assert_eq!(header(&response, "x-request-host"), "stream.example.com");
-        let lines = lines_by_read(response).await;
+        let lines = timed_lines(response).await;
         let events: Vec<Value> = lines
             .iter()
             .map(|(_, l)| serde_json::from_str(l).expect("a JSON line"))
@@ -266,12 +264,11 @@ async fn the_reference_stream_arrives_event_by_event_with_its_headers() {
         assert_eq!(events.len(), 6, "{mode:?}: {lines:?}");
         assert_eq!(events[0]["message"], "streaming begin");
         assert_eq!(events[5]["message"], "done");
-        // Streamed, not buffered: every event came in a read of its own
-        // (they are produced 300 ms or more apart).
-        let reads: Vec<usize> = lines.iter().map(|(read, _)| *read).collect();
-        let mut distinct = reads.clone();
-        distinct.dedup();
-        assert_eq!(distinct, reads, "{mode:?}: events shared a read: {lines:?}");
+        // Streamed, not buffered: the stream takes 1.7 s to produce, and its
+        // first event arrived long before its last (a buffered answer
+        // brings them together; a slow machine only widens the gap).
+        let spread = lines[5].0 - lines[0].0;
+        assert!(spread >= Duration::from_secs(1), "{mode:?}: {spread:?}");
         let record = function.last_record().await;
         assert_eq!(record.mode.as_deref(), Some("streaming"), "{mode:?}");
         assert!(record.completed, "{mode:?}: {record:?}");
@@ -401,16 +398,51 @@ async fn streams_end_before_the_invocations_deadline() {
     }
 }
 
+/// Lambda sends SIGTERM only to environments with an extension: the adapter
+/// is one, and native mode registers its own.
 #[tokio::test]
-async fn only_the_adapter_registers_as_an_extension() {
-    let function = Function::start(Mode::Adapter, TIMEOUT, &[]).await;
-    within(function.client.get(function.url("/nowhere")).send())
-        .await
-        .expect("request");
-    assert_eq!(function.emulator.extensions(), ["lambda-adapter"]);
-    let function = Function::start(Mode::Native, TIMEOUT, &[]).await;
-    within(function.client.get(function.url("/nowhere")).send())
-        .await
-        .expect("request");
-    assert_eq!(function.emulator.extensions(), Vec::<String>::new());
+async fn each_mode_registers_an_extension_so_lambda_sends_sigterm() {
+    for (mode, extension) in [
+        (Mode::Adapter, "lambda-adapter"),
+        (Mode::Native, gateway::lambda::EXTENSION_NAME),
+    ] {
+        let function = Function::start(mode, TIMEOUT, &[]).await;
+        within(function.client.get(function.url("/nowhere")).send())
+            .await
+            .expect("request");
+        assert_eq!(function.emulator.extensions(), [extension], "{mode:?}");
+    }
+}
+
+/// Cold start: from starting the function's processes to the first byte of
+/// `/` through the Function URL, in each mode (median of 20). A measurement,
+/// not a test:
+/// `cargo test --release -p gateway --test lambda -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement: run it with --ignored --nocapture"]
+async fn measure_cold_start() {
+    const RUNS: usize = 20;
+    for mode in MODES {
+        let mut times = Vec::with_capacity(RUNS);
+        for _ in 0..RUNS {
+            let started = std::time::Instant::now();
+            let function = Function::start(mode, TIMEOUT, &[]).await;
+            let response = within(function.client.get(function.url("/")).send())
+                .await
+                .expect("request");
+            let mut body = response.bytes_stream();
+            within(body.next())
+                .await
+                .expect("a first chunk")
+                .expect("chunk");
+            times.push(started.elapsed());
+        }
+        times.sort();
+        println!(
+            "{mode:?}: cold start to first byte: median {:?}, min {:?}, max {:?} ({RUNS} runs)",
+            times[RUNS / 2],
+            times[0],
+            times[RUNS - 1]
+        );
+    }
 }

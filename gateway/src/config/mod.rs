@@ -655,6 +655,52 @@ mod tests {
     }
 
     #[test]
+    fn lambda_and_authorization_settings_are_checked() {
+        let config = |server: ServerConfig, lambda: LambdaConfig| GatewayConfig {
+            server,
+            lambda,
+            routes: BTreeMap::from([("a".into(), route("/"))]),
+        };
+        let keys = |c: GatewayConfig| -> Vec<String> {
+            c.validate().into_iter().map(|(k, _)| k).collect()
+        };
+        let timeout = |secs| LambdaConfig {
+            function_timeout: Some(Duration::from_secs(secs)),
+            ..LambdaConfig::default()
+        };
+        assert!(keys(config(ServerConfig::default(), timeout(900))).is_empty());
+        assert!(keys(config(ServerConfig::default(), timeout(11))).is_empty());
+        assert_eq!(
+            keys(config(ServerConfig::default(), timeout(10))),
+            ["lambda.deadline_margin"]
+        );
+        assert_eq!(
+            keys(config(ServerConfig::default(), timeout(901))),
+            ["lambda.function_timeout"]
+        );
+        let huge_margin = LambdaConfig {
+            deadline_margin: Duration::from_secs(301),
+            ..LambdaConfig::default()
+        };
+        assert_eq!(
+            keys(config(ServerConfig::default(), huge_margin)),
+            ["lambda.deadline_margin"]
+        );
+        for bad in ["Authorization", "not a header"] {
+            let server = ServerConfig {
+                authorization_source: Some(bad.into()),
+                ..ServerConfig::default()
+            };
+            assert_eq!(
+                keys(config(server, LambdaConfig::default())),
+                ["server.authorization_source"],
+                "{bad}"
+            );
+        }
+        assert!(LambdaMode::try_from("lambda".to_string()).is_err());
+    }
+
+    #[test]
     fn old_style_parameters_are_explained() {
         let err = check_path("/jobs/:id").unwrap_err();
         assert!(err.contains("{name}"), "{err}");

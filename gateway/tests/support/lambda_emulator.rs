@@ -10,7 +10,9 @@
 //!   body, forwarded chunk by chunk as it arrives;
 //! - buffered: one JSON document with `statusCode`, `headers` and `body`.
 //!
-//! Each invocation is recorded (response mode, whether the response body
+//! Invocations get a deadline (`Lambda-Runtime-Deadline-Ms`) that is
+//! enforced: a response still running then is cut off and recorded as timed
+//! out. Each invocation is recorded (response mode, whether the response body
 //! ended cleanly, errors), so tests can check how the runtime answered.
 
 use std::collections::HashMap;
@@ -82,6 +84,9 @@ struct Shared {
     next: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, Value)>>,
     waiting: Mutex<HashMap<String, Responder>>,
     records: Mutex<HashMap<String, Record>>,
+    /// Each invocation's deadline, which the emulator enforces as Lambda
+    /// does: a response still running then is cut off ("Task timed out").
+    deadlines: Mutex<HashMap<String, tokio::time::Instant>>,
     /// Bumped whenever a record changes.
     changed: tokio::sync::watch::Sender<()>,
     ids: AtomicU64,
@@ -105,6 +110,7 @@ impl Emulator {
             next: tokio::sync::Mutex::new(next),
             waiting: Mutex::default(),
             records: Mutex::default(),
+            deadlines: Mutex::default(),
             changed: tokio::sync::watch::Sender::new(()),
             ids: AtomicU64::new(1),
             timeout,
@@ -316,6 +322,11 @@ async fn next_invocation(State(state): State<Arc<Shared>>) -> Response {
         return lambda_error(StatusCode::INTERNAL_SERVER_ERROR, "emulator stopped");
     };
     let deadline = millis_since_epoch(SystemTime::now() + state.timeout);
+    state
+        .deadlines
+        .lock()
+        .expect("deadlines lock")
+        .insert(id.clone(), tokio::time::Instant::now() + state.timeout);
     let mut response = axum::Json(event).into_response();
     let headers = response.headers_mut();
     for (name, value) in [
@@ -360,11 +371,23 @@ async fn invocation_response(
         .map(str::to_string);
     record(&state, &id, |r| r.mode = mode.clone());
     let body = request.into_body();
-    let outcome = if mode.as_deref() == Some("streaming") {
-        streamed(body, responder).await
-    } else {
-        buffered(body, responder).await
+    let deadline = state
+        .deadlines
+        .lock()
+        .expect("deadlines lock")
+        .get(&id)
+        .copied()
+        .unwrap_or_else(|| tokio::time::Instant::now() + state.timeout);
+    let respond = async {
+        if mode.as_deref() == Some("streaming") {
+            streamed(body, responder).await
+        } else {
+            buffered(body, responder).await
+        }
     };
+    let outcome = tokio::time::timeout_at(deadline, respond)
+        .await
+        .unwrap_or_else(|_| Err(format!("Task timed out after {:?}", state.timeout)));
     match outcome {
         Ok(()) => record(&state, &id, |r| r.completed = true),
         Err(error) => record(&state, &id, |r| r.error = Some(error)),
