@@ -29,7 +29,7 @@ Options:
                          Web Adapter, needs docker. zip: provided.al2023
                          with the gateway's native Lambda mode, needs
                          cargo-lambda.
-  --function-timeout S   Lambda timeout in seconds, 3..900 (default 900).
+  --function-timeout S   Lambda timeout in seconds, 30..900 (default 900; streams end 10 s before it).
                          Streams end a margin before it; clients resume.
   --config PATH          Gateway config file inside the image, e.g.
                          /etc/gateway/examples/fan-in.toml (config/ is
@@ -110,8 +110,8 @@ case "$package_type" in
     *) die "--package-type must be image or zip, not '$package_type'" ;;
 esac
 if ! [[ "$function_timeout" =~ ^[0-9]{1,3}$ ]] ||
-    ((10#$function_timeout < 3 || 10#$function_timeout > 900)); then
-    die "--function-timeout must be a number of seconds from 3 to 900, not '$function_timeout'"
+    ((10#$function_timeout < 30 || 10#$function_timeout > 900)); then
+    die "--function-timeout must be a number of seconds from 30 to 900, not '$function_timeout'"
 fi
 function_timeout=$((10#$function_timeout))
 # CloudFormation stack names; ours also prefix account-wide CloudFront names.

