@@ -25,7 +25,7 @@ use axum::http::HeaderName;
 use axum::http::request::Parts;
 
 use crate::config::{LambdaConfig, LambdaMode};
-use crate::server::{Gateway, app};
+use crate::server::{Gateway, app, until_shutdown};
 
 /// Set by Lambda for the runtime process (and its extensions).
 pub const RUNTIME_API: &str = "AWS_LAMBDA_RUNTIME_API";
@@ -188,15 +188,9 @@ pub async fn run(gateway: Arc<Gateway>) -> Result<(), lambda_http::Error> {
     let shutdown = gateway.shutdown_token();
     let grace = gateway.config.shutdown_grace;
     let runtime = lambda_http::run_with_streaming_response(app(gateway));
-    tokio::pin!(runtime);
-    tokio::select! {
-        result = &mut runtime => return result,
-        () = shutdown.cancelled() => {}
-    }
-    match tokio::time::timeout(grace, runtime).await {
-        Ok(result) => result,
-        Err(_) => Ok(()),
-    }
+    // The runtime never returns by itself: the grace always runs out, and
+    // that is no news.
+    until_shutdown(runtime, shutdown, grace, None).await
 }
 
 /// Registers [`EXTENSION_NAME`] with the Extensions API and waits for its

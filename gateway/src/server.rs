@@ -3,6 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -165,18 +166,36 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> io::Result<(
     let server = axum::serve(listener, app(gateway))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
-    tokio::pin!(server);
+    until_shutdown(
+        server,
+        shutdown,
+        grace,
+        Some("Connections still open after the shutdown grace; closing them"),
+    )
+    .await
+}
+
+/// Runs `service` until `shutdown`, then gives it `grace` to finish (every
+/// open stream's final event is on its way) before returning anyway: a
+/// client that does not read must not hold the process. `late`, when given,
+/// is the warning for a service still running after the grace.
+pub(crate) async fn until_shutdown<E>(
+    service: impl Future<Output = Result<(), E>>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    late: Option<&str>,
+) -> Result<(), E> {
+    tokio::pin!(service);
     tokio::select! {
-        result = &mut server => return result,
+        result = &mut service => return result,
         () = shutdown.cancelled() => {}
     }
-    match tokio::time::timeout(grace, server).await {
+    match tokio::time::timeout(grace, service).await {
         Ok(result) => result,
         Err(_) => {
-            tracing::warn!(
-                grace_ms = grace.as_millis() as u64,
-                "Connections still open after the shutdown grace; closing them"
-            );
+            if let Some(late) = late {
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "{late}");
+            }
             Ok(())
         }
     }
