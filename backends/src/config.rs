@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::Backend;
 use crate::demo::{Demo, DemoConfig};
+use crate::redis::{Redis, RedisConfig};
 use crate::ticker::{Ticker, TickerConfig};
 
 /// One backend of a route, selected by its `type`:
@@ -26,6 +27,8 @@ pub enum BackendConfig {
     Demo(DemoConfig),
     /// An event every interval (see [`crate::ticker`]).
     Ticker(TickerConfig),
+    /// A Redis Stream, shared by every client of a key (see [`crate::redis`]).
+    Redis(RedisConfig),
 }
 
 impl BackendConfig {
@@ -35,6 +38,7 @@ impl BackendConfig {
         match self {
             Self::Demo(c) => c.validate(),
             Self::Ticker(c) => c.validate(),
+            Self::Redis(c) => c.validate(),
         }
     }
 
@@ -43,6 +47,7 @@ impl BackendConfig {
         match self {
             Self::Demo(c) => Arc::new(Demo::new(c.clone())),
             Self::Ticker(c) => Arc::new(Ticker::new(c.clone())),
+            Self::Redis(c) => Arc::new(Redis::new(c.clone())),
         }
     }
 }

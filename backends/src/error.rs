@@ -22,6 +22,9 @@ pub enum ErrorKind {
     Unavailable,
     /// A bug or an unexpected state in the gateway: 500.
     Internal,
+    /// The client fell further behind the stream than the gateway holds for
+    /// it; it must reconnect from the id the message names: 503.
+    Lagged,
 }
 
 impl ErrorKind {
@@ -36,6 +39,7 @@ impl ErrorKind {
             Self::Timeout => "timeout",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::Lagged => "lagged",
         }
     }
 }

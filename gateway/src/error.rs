@@ -75,7 +75,7 @@ impl From<BackendError> for ApiError {
             ErrorKind::Finished => StatusCode::NO_CONTENT,
             ErrorKind::Upstream => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable | ErrorKind::Lagged => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, error.kind.as_str(), error.message)

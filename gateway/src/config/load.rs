@@ -505,7 +505,7 @@ payload_bytes = 99999999
             "unknown field `bogus`",
             "expected a duration",
             "unknown value \"get\"; expected one of \"GET\"",
-            "unknown variant `kafka`, expected `demo` or `ticker`",
+            "unknown variant `kafka`, expected one of `demo`, `ticker`",
             "missing required key `path`",
             "must be at least 10ms",
             "must be at most 1048576",
