@@ -29,6 +29,7 @@ pub mod context;
 pub mod demo;
 pub mod error;
 pub mod event;
+pub mod publish;
 pub mod redis;
 #[cfg(feature = "testing")]
 pub mod testing;

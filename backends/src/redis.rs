@@ -38,6 +38,7 @@ use serde::Deserialize;
 use tokio::sync::{OnceCell, broadcast};
 
 use crate::config::Problem;
+use crate::publish::{Publication, Publisher};
 use crate::{Backend, BackendError, Data, ErrorKind, Event, EventStream, RequestContext};
 
 /// How long one `XREAD` blocks before it is issued again.
@@ -97,25 +98,8 @@ impl RedisConfig {
     /// Every problem with the settings.
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        if let Err(e) = redis::Client::open(self.url.as_str()) {
-            problems.push(Problem::new("url", format!("not a Redis URL: {e}")));
-        }
-        if self.stream.is_empty() {
-            problems.push(Problem::new("stream", "required: the stream key"));
-        }
-        if placeholders(&self.stream).is_err() {
-            problems.push(Problem::new(
-                "stream",
-                "a `{` without its `}`: placeholders are written `{param}`",
-            ));
-        }
-        let templated = self.stream.contains('{');
-        if templated && self.allow.is_none() {
-            problems.push(Problem::new(
-                "allow",
-                "required when `stream` has placeholders (`rooms:*`), so that clients cannot read arbitrary keys",
-            ));
-        }
+        validate_url(&self.url, &mut problems);
+        validate_key(&self.stream, self.allow.as_deref(), &mut problems);
         if self.history > 10_000 {
             problems.push(Problem::new("history", "at most 10000"));
         }
@@ -237,23 +221,155 @@ impl Redis {
 
     /// The key a request reads, checked against `allow`.
     fn key(&self, ctx: &RequestContext) -> Result<String, BackendError> {
-        let mut key = self.config.stream.clone();
-        for name in placeholders(&self.config.stream).unwrap_or_default() {
-            let value = ctx.params.get(name).ok_or_else(|| {
-                BackendError::new(
-                    ErrorKind::Internal,
-                    format!("the stream key needs the path parameter {{{name}}}, which the route's path lacks"),
-                )
-            })?;
-            key = key.replace(&format!("{{{name}}}"), value);
+        resolve_key(&self.config.stream, self.config.allow.as_deref(), ctx)
+    }
+}
+
+/// The key `template` names for a request (its `{param}`s filled from the
+/// path), refused (404) unless it matches `allow`.
+fn resolve_key(
+    template: &str,
+    allow: Option<&str>,
+    ctx: &RequestContext,
+) -> Result<String, BackendError> {
+    let mut key = template.to_string();
+    for name in placeholders(template).unwrap_or_default() {
+        let value = ctx.params.get(name).ok_or_else(|| {
+            BackendError::new(
+                ErrorKind::Internal,
+                format!("the stream key needs the path parameter {{{name}}}, which the route's path lacks"),
+            )
+        })?;
+        key = key.replace(&format!("{{{name}}}"), value);
+    }
+    match allow {
+        Some(pattern) if !glob_match(pattern, &key) => Err(BackendError::new(
+            ErrorKind::NotFound,
+            format!("no stream {key:?} here"),
+        )),
+        _ => Ok(key),
+    }
+}
+
+/// Checks a key template and its `allow` pattern, as both the backend and
+/// the publisher take them.
+fn validate_key(stream: &str, allow: Option<&str>, problems: &mut Vec<Problem>) {
+    if stream.is_empty() {
+        problems.push(Problem::new("stream", "required: the stream key"));
+    }
+    if placeholders(stream).is_err() {
+        problems.push(Problem::new(
+            "stream",
+            "a `{` without its `}`: placeholders are written `{param}`",
+        ));
+    }
+    if stream.contains('{') && allow.is_none() {
+        problems.push(Problem::new(
+            "allow",
+            "required when `stream` has placeholders (`rooms:*`), so that clients cannot reach arbitrary keys",
+        ));
+    }
+}
+
+fn validate_url(url: &str, problems: &mut Vec<Problem>) {
+    if let Err(e) = redis::Client::open(url) {
+        problems.push(Problem::new("url", format!("not a Redis URL: {e}")));
+    }
+}
+
+/// `[…target]` of a publish route: the Redis Stream events are appended to.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisTarget {
+    /// The server. Default: `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// The stream key, with `{param}` placeholders from the publish route's
+    /// path. Required.
+    pub stream: String,
+    /// A pattern the resolved key must match (`*` any run of characters);
+    /// required when `stream` has placeholders.
+    pub allow: Option<String>,
+    /// The entry field the event data goes to. Default: `data`.
+    pub field: String,
+    /// The entry field the event name goes to. Default: `event`.
+    pub name_field: String,
+    /// Keep about this many entries per stream (`XADD MAXLEN ~`), so that
+    /// the stream cannot grow without bound. Default: `100000`.
+    pub max_len: usize,
+}
+
+impl Default for RedisTarget {
+    fn default() -> Self {
+        let reader = RedisConfig::default();
+        Self {
+            url: reader.url,
+            stream: String::new(),
+            allow: None,
+            field: reader.field,
+            name_field: reader.name_field,
+            max_len: 100_000,
         }
-        match &self.config.allow {
-            Some(pattern) if !glob_match(pattern, &key) => Err(BackendError::new(
-                ErrorKind::NotFound,
-                format!("no stream {key:?} here"),
-            )),
-            _ => Ok(key),
+    }
+}
+
+impl RedisTarget {
+    /// Every problem with the settings.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        validate_url(&self.url, &mut problems);
+        validate_key(&self.stream, self.allow.as_deref(), &mut problems);
+        if self.field.is_empty() || self.field == self.name_field {
+            problems.push(Problem::new(
+                "field",
+                "must name a field other than name_field",
+            ));
         }
+        if self.max_len == 0 {
+            problems.push(Problem::new("max_len", "must be at least 1"));
+        }
+        problems
+    }
+}
+
+/// Appends events to a Redis Stream.
+#[derive(Debug)]
+pub struct RedisPublisher {
+    target: RedisTarget,
+    hub: Hub,
+}
+
+impl RedisPublisher {
+    /// The publisher for its settings; it connects on first use.
+    pub fn new(target: RedisTarget) -> Self {
+        Self {
+            hub: Hub {
+                client: redis::Client::open(target.url.as_str()).map_err(|e| e.to_string()),
+                commands: OnceCell::new(),
+                channels: Mutex::new(HashMap::new()),
+            },
+            target,
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for RedisPublisher {
+    async fn publish(
+        &self,
+        ctx: &RequestContext,
+        publication: &Publication,
+    ) -> Result<String, BackendError> {
+        let key = resolve_key(&self.target.stream, self.target.allow.as_deref(), ctx)?;
+        let mut fields = vec![(self.target.field.as_str(), publication.data.to_string())];
+        if let Some(name) = &publication.name {
+            fields.push((self.target.name_field.as_str(), name.clone()));
+        }
+        let mut commands = self.hub.commands().await?;
+        let max_len = redis::streams::StreamMaxlen::Approx(self.target.max_len);
+        commands
+            .xadd_maxlen(&key, max_len, "*", &fields)
+            .await
+            .map_err(|e| unavailable(&e))
     }
 }
 

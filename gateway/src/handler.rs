@@ -15,6 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use backends::RequestContext;
+use backends::publish::Publication;
 use serde_json::Value;
 
 use crate::cursor::Cursor;
@@ -22,7 +23,7 @@ use crate::error::ApiError;
 use crate::fanin;
 use crate::negotiate::{self, Negotiated, Refusal};
 use crate::route::Route;
-use crate::server::Gateway;
+use crate::server::{Gateway, PublishRoute};
 use crate::session::Session;
 
 /// The reference's header naming the public host, from CloudFront's copy of
@@ -59,6 +60,11 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         restore_authorization(&mut parts.headers, source);
     }
     let path = parts.uri.path();
+    if let Ok(matched) = gateway.publishers.at(path) {
+        let route = Arc::clone(matched.value);
+        let params = decoded_params(&matched.params);
+        return publish(gateway, &route, params, parts, body).await;
+    }
     let Ok(matched) = gateway.routes.at(path) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -67,18 +73,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         ));
     };
     let route = Arc::clone(matched.value);
-    let params: BTreeMap<String, String> = matched
-        .params
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                percent_encoding::percent_decode_str(v)
-                    .decode_utf8_lossy()
-                    .into_owned(),
-            )
-        })
-        .collect();
+    let params = decoded_params(&matched.params);
     if !route.allows(&parts.method) {
         let allow = route.allow_header();
         return Err(ApiError::new(
@@ -141,17 +136,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
     let last_event_id = header_id.or(query_id);
     let cursor =
         Cursor::parse(Arc::clone(&route.sources), last_event_id).map_err(ApiError::bad_request)?;
-    let limit = gateway.config.max_body_bytes;
-    let timeout = gateway.config.body_timeout;
-    let body = tokio::time::timeout(timeout, read_json_body(&parts.headers, body, limit))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!("the request body did not arrive within {timeout:?}"),
-            )
-        })??;
+    let body = read_body(gateway, &parts.headers, body).await?;
 
     let mut passed = HeaderMap::new();
     for name in &route.pass_headers {
@@ -215,6 +200,113 @@ fn restore_authorization(headers: &mut HeaderMap, source: &HeaderName) {
     for value in values {
         headers.append(header::AUTHORIZATION, value);
     }
+}
+
+fn decoded_params(params: &matchit::Params<'_, '_>) -> BTreeMap<String, String> {
+    params
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The request body as JSON, within the gateway's size and time bounds.
+async fn read_body(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Option<Value>, ApiError> {
+    let limit = gateway.config.max_body_bytes;
+    let timeout = gateway.config.body_timeout;
+    tokio::time::timeout(timeout, read_json_body(headers, body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {timeout:?}"),
+            )
+        })?
+}
+
+/// A publish route: `POST` with a bearer token and `{"data": …, "event":
+/// "name"}` appends the event; the answer is `201 {"id": …}`, the id readers
+/// will see. No token is 401, a wrong one 403.
+async fn publish(
+    gateway: &Gateway,
+    route: &PublishRoute,
+    params: BTreeMap<String, String>,
+    parts: axum::http::request::Parts,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if parts.method != Method::POST {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed here; publish with POST", parts.method),
+        )
+        .with_header(header::ALLOW, HeaderValue::from_static("POST")));
+    }
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let Some(token) = token else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "publishing needs `Authorization: Bearer <token>`",
+        )
+        .with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"gateway\""),
+        ));
+    };
+    if !route
+        .tokens
+        .iter()
+        .any(|allowed| same_bytes(allowed.as_bytes(), token.as_bytes()))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token may not publish here",
+        ));
+    }
+    let body = read_body(gateway, &parts.headers, body)
+        .await?
+        .ok_or_else(|| {
+            ApiError::bad_request(r#"the body is the event: {"data": …, "event": "name"}"#)
+        })?;
+    let publication = Publication::from_json(body).map_err(ApiError::bad_request)?;
+    let context = RequestContext {
+        method: parts.method.clone(),
+        path: parts.uri.path().to_string(),
+        params,
+        ..RequestContext::default()
+    };
+    let id = route.publisher.publish(&context, &publication).await?;
+    tracing::debug!(publisher = %route.name, %id, "Event published");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({ "id": id })),
+    )
+        .into_response())
+}
+
+/// Compares in time that depends on the lengths only, not on where the
+/// bytes differ.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn negotiate_format(

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use axum::http::HeaderName;
+use backends::publish::Publisher;
 
 use crate::config::{
     ConfigError, ConfigProblem, GatewayConfig, HEALTH_PATH, LambdaConfig, ServerConfig,
@@ -38,6 +39,19 @@ pub struct Gateway {
     pub(crate) authorization_source: Option<HeaderName>,
     /// When streams must end inside a Lambda invocation.
     pub(crate) deadlines: Deadlines,
+    /// Publish routes, by path.
+    pub(crate) publishers: matchit::Router<Arc<PublishRoute>>,
+}
+
+/// A path where clients holding one of `tokens` append events.
+#[derive(Debug)]
+pub struct PublishRoute {
+    /// The name in the config, for logs.
+    pub name: Arc<str>,
+    /// The bearer tokens allowed.
+    pub tokens: Vec<String>,
+    /// Where events go.
+    pub publisher: Arc<dyn Publisher>,
 }
 
 impl Gateway {
@@ -60,8 +74,29 @@ impl Gateway {
             .iter()
             .map(|(name, route)| Route::from_config(name, route))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::new(config.server.clone(), routes)?
-            .with_lambda(&config.lambda, lambda::in_lambda()))
+        let mut gateway = Self::new(config.server.clone(), routes)?
+            .with_lambda(&config.lambda, lambda::in_lambda());
+        for (name, publish) in &config.publish {
+            // Validation made sure every target is there.
+            let Some(target) = &publish.target else {
+                continue;
+            };
+            let route = PublishRoute {
+                name: Arc::from(name.as_str()),
+                tokens: publish.tokens.clone(),
+                publisher: target.build(),
+            };
+            if let Err(e) = gateway.publishers.insert(&publish.path, Arc::new(route)) {
+                return Err(ConfigError {
+                    problems: vec![ConfigProblem {
+                        origin: "config".into(),
+                        key: format!("publish.{name}.path"),
+                        reason: e.to_string(),
+                    }],
+                });
+            }
+        }
+        Ok(gateway)
     }
 
     /// A gateway serving `routes`.
@@ -104,6 +139,7 @@ impl Gateway {
             shutdown: CancellationToken::new(),
             authorization_source,
             deadlines: Deadlines::default(),
+            publishers: matchit::Router::new(),
         })
     }
 

@@ -12,8 +12,12 @@ use std::path::Path;
 use ::config::{Config, Environment, File, FileFormat, Map, Value, ValueKind};
 use serde::de::DeserializeOwned;
 
-use super::{ConfigError, ConfigProblem, GatewayConfig, LambdaConfig, RouteConfig, ServerConfig};
+use super::{
+    ConfigError, ConfigProblem, GatewayConfig, LambdaConfig, PublishConfig, RouteConfig,
+    ServerConfig,
+};
 use backends::BackendConfig;
+use backends::publish::PublisherConfig;
 
 /// The built-in configuration, used when no file is given: the reference
 /// stream on `/`. It is `config/default.toml`, which documents every option.
@@ -68,10 +72,11 @@ pub fn load(
             File::from_str(&text, format)
         }
     };
+    let env_vars = env;
     let env = Environment::with_prefix(ENV_PREFIX)
         .separator(ENV_SEPARATOR)
         .try_parsing(true)
-        .source(env.map(|env| env.into_iter().collect()));
+        .source(env_vars.clone().map(|env| env.into_iter().collect()));
     let built = Config::builder()
         .add_source(base_source)
         .add_source(env)
@@ -86,7 +91,18 @@ pub fn load(
         problems: Vec::new(),
     };
     // Validate what parsed, so that its problems show beside the others.
-    let (config, complete) = parser.config();
+    let (mut config, complete) = parser.config();
+    let lookup = |name: &str| match &env_vars {
+        Some(vars) => vars.get(name).cloned(),
+        None => std::env::var(name).ok(),
+    };
+    for (name, publish) in &mut config.publish {
+        for token in &mut publish.tokens {
+            if let Err(reason) = expand_env(token, &lookup) {
+                parser.problem(&format!("publish.{name}.tokens"), reason);
+            }
+        }
+    }
     for (key, reason) in config.validate() {
         // An empty route table is no news when routes failed to parse.
         if complete || key != "routes" {
@@ -100,6 +116,27 @@ pub fn load(
             problems: parser.problems,
         })
     }
+}
+
+/// Replaces each `${NAME}` in `text` by that environment variable.
+fn expand_env(text: &mut String, lookup: &impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("${") {
+        let Some(len) = rest[start..].find('}') else {
+            return Err("`${` without its `}`".into());
+        };
+        let name = &rest[start + 2..start + len];
+        let value = lookup(name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("the environment variable {name} is not set"))?;
+        out.push_str(&rest[..start]);
+        out.push_str(&value);
+        rest = &rest[start + len + 1..];
+    }
+    out.push_str(rest);
+    *text = out;
+    Ok(())
 }
 
 fn one_problem(origin: &str, reason: &str) -> ConfigError {
@@ -123,10 +160,10 @@ impl Parser<'_> {
     /// everything parsed.
     fn config(&mut self) -> (GatewayConfig, bool) {
         for key in self.root.keys() {
-            if !["server", "routes", "lambda"].contains(&key.as_str()) {
+            if !["server", "routes", "lambda", "publish"].contains(&key.as_str()) {
                 self.problem(
                     key,
-                    "unknown key; expected `server`, `routes` or `lambda`".into(),
+                    "unknown key; expected `server`, `routes`, `publish` or `lambda`".into(),
                 );
             }
         }
@@ -146,10 +183,15 @@ impl Parser<'_> {
             Some(value) => self.routes(value),
         };
         let (routes, routes_ok) = routes.unwrap_or_default();
-        let complete = server.is_some() && lambda.is_some() && routes_ok;
+        let (publish, publish_ok) = match self.root.get("publish") {
+            None => (BTreeMap::new(), true),
+            Some(value) => self.publish(value).unwrap_or_default(),
+        };
+        let complete = server.is_some() && lambda.is_some() && routes_ok && publish_ok;
         let config = GatewayConfig {
             server: server.unwrap_or_default(),
             lambda: lambda.unwrap_or_default(),
+            publish,
             routes,
         };
         (config, complete)
@@ -186,6 +228,41 @@ impl Parser<'_> {
             }
         }
         Some((routes, ok))
+    }
+
+    /// The publish routes that parsed, and whether all did. The target is
+    /// parsed on its own, so that each of its problems shows.
+    fn publish(&mut self, value: &Value) -> Option<(BTreeMap<String, PublishConfig>, bool)> {
+        let table = self.as_table(value, "publish")?;
+        let mut parsed = BTreeMap::new();
+        let mut ok = true;
+        for (name, value) in table {
+            let key = format!("publish.{name}");
+            let Some(mut fields) = self.as_table(&value, &key) else {
+                ok = false;
+                continue;
+            };
+            let target = fields.shift_remove("target");
+            let without = Value::new(
+                value.origin().map(String::from).as_ref(),
+                ValueKind::Table(fields),
+            );
+            let publish = self.table::<PublishConfig>(&without, &key, &[]);
+            let target = match target {
+                None => Some(None),
+                Some(target) => self
+                    .table::<PublisherConfig>(&target, &format!("{key}.target"), &["type"])
+                    .map(Some),
+            };
+            match (publish, target) {
+                (Some(mut publish), Some(target)) => {
+                    publish.target = target;
+                    parsed.insert(name, publish);
+                }
+                _ => ok = false,
+            }
+        }
+        Some((parsed, ok))
     }
 
     fn backends(&mut self, value: &Value, key: &str) -> Option<BTreeMap<String, BackendConfig>> {
@@ -402,6 +479,7 @@ mod tests {
         let expected = GatewayConfig {
             server: ServerConfig::default(),
             lambda: LambdaConfig::default(),
+            publish: BTreeMap::new(),
             routes: BTreeMap::from([("reference".into(), route)]),
         };
         assert_eq!(loaded, expected);
@@ -413,7 +491,9 @@ mod tests {
         let mut seen = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            if let Err(e) = load(Source::File(&path), no_env()) {
+            // Examples take secrets from the environment, as deployments do.
+            let env = HashMap::from([("PUBLISH_TOKEN".into(), "example-token-0123456789".into())]);
+            if let Err(e) = load(Source::File(&path), Some(env)) {
                 panic!("{}: {e}", path.display());
             }
             seen += 1;

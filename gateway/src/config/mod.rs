@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
 use backends::BackendConfig;
+use backends::publish::PublisherConfig;
 use serde::Deserialize;
 
 pub use load::{DEFAULT_CONFIG, Source, load};
@@ -32,7 +33,31 @@ pub struct GatewayConfig {
     /// Running on AWS Lambda.
     #[serde(default)]
     pub lambda: LambdaConfig,
+    /// Publish routes by name: a `POST` there appends an event to a bus
+    /// that stream routes read.
+    #[serde(default)]
+    pub publish: BTreeMap<String, PublishConfig>,
 }
+
+/// `[publish.NAME]`: a path where clients holding a token append events.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// The path, with `{name}` parameters that the target's key may use.
+    /// Required.
+    pub path: String,
+    /// The bearer tokens allowed to publish (`Authorization: Bearer …`);
+    /// `${VAR}` inside one is replaced by that environment variable, so that
+    /// tokens stay out of config files. At least one, each at least 16
+    /// characters. Required.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// Where events go, selected by `type` (`redis`). Required.
+    pub target: Option<PublisherConfig>,
+}
+
+/// The shortest publish token accepted: shorter ones are guessable.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// `[server]`: the listener, global limits and logging.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -462,6 +487,41 @@ impl GatewayConfig {
                 }
             }
         }
+        for (name, publish) in &self.publish {
+            let key = |field: &str| format!("publish.{name}.{field}");
+            if !is_plain_name(name) {
+                problems.push((format!("publish.{name}"), NAME_RULE.into()));
+            }
+            match check_path(&publish.path) {
+                Err(reason) => problems.push((key("path"), reason)),
+                Ok(()) => {
+                    if let Err(e) = paths.insert(publish.path.as_str(), ()) {
+                        problems.push((key("path"), path_conflict(&e, &self.routes)));
+                    }
+                }
+            }
+            if publish.tokens.is_empty() {
+                problems.push((key("tokens"), "at least one token is required".into()));
+            }
+            if publish
+                .tokens
+                .iter()
+                .any(|t| t.chars().count() < MIN_TOKEN_CHARS || t.contains(char::is_whitespace))
+            {
+                problems.push((
+                    key("tokens"),
+                    format!("each token needs at least {MIN_TOKEN_CHARS} characters and no spaces"),
+                ));
+            }
+            match &publish.target {
+                None => problems.push((key("target"), "required: where events go".into())),
+                Some(target) => {
+                    for p in target.validate() {
+                        problems.push((key(&format!("target.{}", p.key)), p.reason));
+                    }
+                }
+            }
+        }
         problems
     }
 }
@@ -603,6 +663,7 @@ mod tests {
                 ..ServerConfig::default()
             },
             lambda: LambdaConfig::default(),
+            publish: BTreeMap::new(),
             routes: BTreeMap::from([
                 ("a".into(), route("/x/{id}")),
                 ("b".into(), route("/x/{other}")),
@@ -637,6 +698,7 @@ mod tests {
         let config = GatewayConfig {
             server: ServerConfig::default(),
             lambda: LambdaConfig::default(),
+            publish: BTreeMap::new(),
             routes: BTreeMap::from([("API".into(), r)]),
         };
         let got = config.validate();
@@ -659,6 +721,7 @@ mod tests {
         let config = |server: ServerConfig, lambda: LambdaConfig| GatewayConfig {
             server,
             lambda,
+            publish: BTreeMap::new(),
             routes: BTreeMap::from([("a".into(), route("/"))]),
         };
         let keys = |c: GatewayConfig| -> Vec<String> {
