@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::Backend;
 use crate::demo::{Demo, DemoConfig};
+use crate::command::{Command, CommandConfig};
 use crate::redis::{Redis, RedisConfig};
 use crate::ticker::{Ticker, TickerConfig};
 
@@ -29,6 +30,8 @@ pub enum BackendConfig {
     Ticker(TickerConfig),
     /// A Redis Stream, shared by every client of a key (see [`crate::redis`]).
     Redis(RedisConfig),
+    /// A program's output, a line per event (see [`crate::command`]).
+    Command(CommandConfig),
 }
 
 impl BackendConfig {
@@ -39,6 +42,7 @@ impl BackendConfig {
             Self::Demo(c) => c.validate(),
             Self::Ticker(c) => c.validate(),
             Self::Redis(c) => c.validate(),
+            Self::Command(c) => c.validate(),
         }
     }
 
@@ -48,6 +52,7 @@ impl BackendConfig {
             Self::Demo(c) => Arc::new(Demo::new(c.clone())),
             Self::Ticker(c) => Arc::new(Ticker::new(c.clone())),
             Self::Redis(c) => Arc::new(Redis::new(c.clone())),
+            Self::Command(c) => Arc::new(Command::new(c.clone())),
         }
     }
 }

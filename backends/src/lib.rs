@@ -24,6 +24,7 @@
 //! streams are dropped and every backend's work stops with them.
 
 pub mod backend;
+pub mod command;
 pub mod config;
 pub mod context;
 pub mod demo;
