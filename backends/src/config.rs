@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::Backend;
 use crate::demo::{Demo, DemoConfig};
+use crate::http::{Http, HttpConfig};
 use crate::command::{Command, CommandConfig};
 use crate::redis::{Redis, RedisConfig};
 use crate::ticker::{Ticker, TickerConfig};
@@ -32,6 +33,8 @@ pub enum BackendConfig {
     Redis(RedisConfig),
     /// A program's output, a line per event (see [`crate::command`]).
     Command(CommandConfig),
+    /// An upstream URL that streams SSE, NDJSON or lines (see [`crate::http`]).
+    Http(HttpConfig),
 }
 
 impl BackendConfig {
@@ -43,6 +46,7 @@ impl BackendConfig {
             Self::Ticker(c) => c.validate(),
             Self::Redis(c) => c.validate(),
             Self::Command(c) => c.validate(),
+            Self::Http(c) => c.validate(),
         }
     }
 
@@ -53,6 +57,7 @@ impl BackendConfig {
             Self::Ticker(c) => Arc::new(Ticker::new(c.clone())),
             Self::Redis(c) => Arc::new(Redis::new(c.clone())),
             Self::Command(c) => Arc::new(Command::new(c.clone())),
+            Self::Http(c) => Arc::new(Http::new(c.clone())),
         }
     }
 }

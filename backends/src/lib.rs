@@ -30,6 +30,7 @@ pub mod context;
 pub mod demo;
 pub mod error;
 pub mod event;
+pub mod http;
 pub mod publish;
 pub mod redis;
 #[cfg(feature = "testing")]
