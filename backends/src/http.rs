@@ -78,6 +78,7 @@ use serde_json::Value;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::config::Problem;
+use crate::env::expand as expand_env;
 use crate::{Backend, BackendError, Data, ErrorKind, Event, EventStream, RequestContext};
 
 /// Configuration of the `http` backend.
@@ -442,53 +443,6 @@ fn check_header_name(name: &str) -> Result<(), String> {
         return Err("is set by the backend itself (Host, Content-Length, Last-Event-ID and connection headers)".into());
     }
     Ok(())
-}
-
-/// Replaces every `${NAME}` in `value` with the variable `NAME` of `env`;
-/// `$${` is a literal `${`. Fails naming every variable that is missing.
-fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(value.len());
-    let mut missing = Vec::new();
-    let mut rest = value;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at..];
-        if let Some(after) = tail.strip_prefix("$${") {
-            out.push_str("${");
-            rest = after;
-        } else if let Some(after) = tail.strip_prefix("${") {
-            let close = after
-                .find('}')
-                .ok_or("has a `${` without its `}` (write `$${` for a literal `${`)")?;
-            let name = &after[..close];
-            let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(format!(
-                    "`${{{name}}}`: a variable name is letters, digits and `_`, not starting with a digit"
-                ));
-            }
-            match env(name).filter(|v| !v.is_empty()) {
-                Some(v) => out.push_str(&v),
-                None => missing.push(name),
-            }
-            rest = &after[close + 1..];
-        } else {
-            out.push('$');
-            rest = &tail[1..];
-        }
-    }
-    out.push_str(rest);
-    match missing.as_slice() {
-        [] => Ok(out),
-        [one] => Err(format!(
-            "the environment variable {one} is not set (or empty)"
-        )),
-        many => Err(format!(
-            "the environment variables {} are not set (or empty)",
-            many.join(", ")
-        )),
-    }
 }
 
 /// Characters kept as they are in a filled-in parameter: RFC 3986's

@@ -28,6 +28,7 @@ pub mod command;
 pub mod config;
 pub mod context;
 pub mod demo;
+pub mod env;
 pub mod error;
 pub mod event;
 pub mod http;

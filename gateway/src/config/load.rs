@@ -98,8 +98,9 @@ pub fn load(
     };
     for (name, publish) in &mut config.publish {
         for token in &mut publish.tokens {
-            if let Err(reason) = expand_env(token, &lookup) {
-                parser.problem(&format!("publish.{name}.tokens"), reason);
+            match backends::env::expand(token, &lookup) {
+                Ok(expanded) => *token = expanded,
+                Err(reason) => parser.problem(&format!("publish.{name}.tokens"), reason),
             }
         }
     }
@@ -116,27 +117,6 @@ pub fn load(
             problems: parser.problems,
         })
     }
-}
-
-/// Replaces each `${NAME}` in `text` by that environment variable.
-fn expand_env(text: &mut String, lookup: &impl Fn(&str) -> Option<String>) -> Result<(), String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
-    while let Some(start) = rest.find("${") {
-        let Some(len) = rest[start..].find('}') else {
-            return Err("`${` without its `}`".into());
-        };
-        let name = &rest[start + 2..start + len];
-        let value = lookup(name)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| format!("the environment variable {name} is not set"))?;
-        out.push_str(&rest[..start]);
-        out.push_str(&value);
-        rest = &rest[start + len + 1..];
-    }
-    out.push_str(rest);
-    *text = out;
-    Ok(())
 }
 
 fn one_problem(origin: &str, reason: &str) -> ConfigError {
