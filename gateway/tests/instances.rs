@@ -30,7 +30,10 @@ struct Instance {
 
 impl Instance {
     async fn start() -> Self {
-        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples/redis-rooms.toml");
+        let config = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/examples/redis-rooms.toml"
+        );
         let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args(["--config", config])
             .env("GATEWAY__SERVER__PORT", "0")
@@ -113,27 +116,52 @@ async fn two_processes_serve_one_stream_and_a_client_resumes_on_the_other() {
             .body(format!(r#"{{"data": {{"n": {n}}}, "event": "message"}}"#))
             .send()
     };
-    let mut on_a = sse(within("a stream on A", open(&a.base, None)).await.expect("A"));
-    let mut on_b = sse(within("a stream on B", open(&b.base, None)).await.expect("B"));
+    let mut on_a = sse(within("a stream on A", open(&a.base, None))
+        .await
+        .expect("A"));
+    let mut on_b = sse(within("a stream on B", open(&b.base, None))
+        .await
+        .expect("B"));
 
     let published = within("publish", publish(0)).await.expect("publish");
     assert_eq!(published.status(), 201);
     let (id_a, data_a) = next_data(&mut on_a).await;
     let (id_b, data_b) = next_data(&mut on_b).await;
-    assert_eq!((data_a["n"].as_u64(), data_b["n"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (data_a["n"].as_u64(), data_b["n"].as_u64()),
+        (Some(0), Some(0))
+    );
     assert_eq!(id_a, id_b, "one event, one id, on both instances");
 
     // The client on A leaves; three events pass; it comes back on B.
     drop(on_a);
     for n in 1..4 {
-        assert_eq!(within("publish", publish(n)).await.expect("publish").status(), 201);
+        assert_eq!(
+            within("publish", publish(n))
+                .await
+                .expect("publish")
+                .status(),
+            201
+        );
     }
-    let mut back = sse(within("a resume on B", open(&b.base, Some(&id_a))).await.expect("B"));
+    let mut back = sse(within("a resume on B", open(&b.base, Some(&id_a)))
+        .await
+        .expect("B"));
     let mut missed = Vec::new();
     for _ in 1..4 {
         missed.push(next_data(&mut back).await.1["n"].as_u64());
     }
     assert_eq!(missed, [Some(1), Some(2), Some(3)]);
-    assert_eq!(within("publish", publish(4)).await.expect("publish").status(), 201);
-    assert_eq!(next_data(&mut back).await.1["n"].as_u64(), Some(4), "nothing repeated");
+    assert_eq!(
+        within("publish", publish(4))
+            .await
+            .expect("publish")
+            .status(),
+        201
+    );
+    assert_eq!(
+        next_data(&mut back).await.1["n"].as_u64(),
+        Some(4),
+        "nothing repeated"
+    );
 }
