@@ -95,8 +95,9 @@ async fn lines_arrive_as_the_program_writes_them_with_line_ids() {
 async fn the_program_is_killed_when_the_client_leaves() {
     let dir = scratch("kill");
     let pid_file = dir.join("pid");
+    // The program starts a child of its own and waits for it: both must go.
     let text = format!(
-        "echo $$ > '{}'; echo started; exec sleep 600",
+        "sleep 600 & echo $! > '{}'; echo started; wait",
         pid_file.display()
     );
     let server = serve(script(&text, |c| c.format = LineFormat::Lines)).await;
@@ -112,7 +113,8 @@ async fn the_program_is_killed_when_the_client_leaves() {
     let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
     assert!(proc_dir.exists());
     drop(lines);
-    // Gone (or a zombie about to be reaped) soon after the client left.
+    // The program's own child is gone (or a zombie about to be reaped)
+    // soon after the client left.
     within("the program's death", async {
         loop {
             let state = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
@@ -125,6 +127,27 @@ async fn the_program_is_killed_when_the_client_leaves() {
     })
     .await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_program_sees_no_secrets_of_the_gateway() {
+    // Cargo gives this test process CARGO_MANIFEST_DIR; the program must
+    // not inherit it (nor anything else but PATH, HOME, locale, TZ, TMPDIR).
+    let server = serve(script(
+        r#"echo "[$CARGO_MANIFEST_DIR]"; echo "[${PATH:+path}]""#,
+        |c| c.format = LineFormat::Lines,
+    ))
+    .await;
+    let response = within("the stream", client().get(server.url("/jobs/1")).send())
+        .await
+        .expect("request");
+    let lines = all_ndjson(response).await;
+    assert_eq!(lines, [json!("[]"), json!("[path]")]);
+    // A NUL byte cannot reach a program: 400.
+    let nul = within("an answer", client().get(server.url("/jobs/a%00b")).send())
+        .await
+        .expect("request");
+    assert_eq!(nul.status(), 400);
 }
 
 #[tokio::test]

@@ -17,11 +17,16 @@
 //!   runs once per request: a client that reconnects with `Last-Event-ID` is
 //!   answered 204 (a browser's `EventSource` then stops), never a second
 //!   run.
-//! - When the client goes away the program is killed. A program that exits
+//! - When the client goes away the program is killed, with every process it
+//!   started (it runs in a process group of its own). A program that exits
 //!   with a failure status ends its stream with an error event; one that
 //!   cannot start is a 503 before the stream.
-//! - Bounds: `max_line_bytes` per line (longer is an error), `max_running`
-//!   programs at once per backend (more is 503).
+//! - The program gets a clean environment: `PATH`, `HOME`, `LANG`, `LC_ALL`,
+//!   `TZ` and `TMPDIR` from the gateway's, then `env`, then the path
+//!   parameters; never the gateway's secrets.
+//! - Bounds: `max_line_bytes` per line of output (longer is an error) and of
+//!   logged stderr (longer is cut), `max_running` programs at once per
+//!   backend (more is 503).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -180,6 +185,11 @@ impl Backend for Command {
                 ),
             ));
         };
+        if ctx.params.values().any(|v| v.contains('\0')) {
+            return Err(BackendError::bad_request(
+                "a path parameter holds a NUL byte, which no program can be given",
+            ));
+        }
         let Some((program, args)) = self.config.command.split_first() else {
             return Err(BackendError::new(
                 ErrorKind::Internal,
@@ -187,6 +197,12 @@ impl Backend for Command {
             ));
         };
         let mut process = Process::new(program);
+        process.env_clear();
+        for name in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                process.env(name, value);
+            }
+        }
         process
             .args(args)
             .envs(&self.config.env)
@@ -204,6 +220,8 @@ impl Backend for Command {
                 Stdio::null()
             })
             .kill_on_drop(true);
+        #[cfg(unix)]
+        process.process_group(0);
         if let Some(cwd) = &self.config.cwd {
             process.current_dir(cwd);
         }
@@ -214,7 +232,11 @@ impl Backend for Command {
             )
         })?;
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(log_lines(stderr, program.clone()));
+            tokio::spawn(log_lines(
+                stderr,
+                program.clone(),
+                self.config.max_line_bytes,
+            ));
         }
         let Some(stdout) = child.stdout.take() else {
             return Err(BackendError::new(ErrorKind::Internal, "no stdout pipe"));
@@ -229,6 +251,21 @@ impl Backend for Command {
             _permit: permit,
         };
         Ok(futures::stream::unfold(run, Run::next).boxed())
+    }
+}
+
+impl Drop for Run {
+    /// The client left (or the stream ended): the program's whole process
+    /// group goes, not only the program (`kill_on_drop` takes that one).
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+        {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
     }
 }
 
@@ -304,13 +341,44 @@ impl Run {
     }
 }
 
-/// Logs a program's standard error, a line per line, until it closes.
-async fn log_lines(stderr: impl AsyncRead + Unpin, program: String) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::warn!(%program, "{line}");
+/// Logs a program's standard error, a line per line, until it closes; a
+/// line longer than `max` bytes is logged cut, its rest read and dropped.
+async fn log_lines(stderr: impl AsyncRead + Unpin, program: String, max: usize) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(max as u64)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let cut = !line.ends_with(b"\n");
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        tracing::warn!(%program, cut, "{text}");
+        // Drop the rest of a cut line, a bounded chunk at a time.
+        let mut rest = Vec::new();
+        while cut {
+            rest.clear();
+            match (&mut reader)
+                .take(max as u64)
+                .read_until(b'\n', &mut rest)
+                .await
+            {
+                Ok(0) | Err(_) => return,
+                Ok(_) if rest.ends_with(b"\n") => break,
+                Ok(_) => {}
+            }
+        }
     }
 }
+
+/// What the program inherits of the gateway's environment.
+const INHERITED_ENV: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,6 @@
 //! - When Redis goes away the reader reconnects with backoff and continues
 //!   after the last id it delivered: nothing lost, nothing repeated.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -43,8 +42,9 @@ use crate::{Backend, BackendError, Data, ErrorKind, Event, EventStream, RequestC
 
 /// How long one `XREAD` blocks before it is issued again.
 const BLOCK: Duration = Duration::from_secs(5);
-/// Entries fetched per `XRANGE` page while catching up.
-const PAGE: usize = 500;
+/// Entries fetched per `XRANGE` page while catching up: a client holds at
+/// most one page in memory.
+const PAGE: usize = 100;
 /// Longest wait between reconnection attempts of a reader.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -63,7 +63,7 @@ pub struct RedisConfig {
     /// `stream` has placeholders, so that clients cannot read arbitrary keys.
     pub allow: Option<String>,
     /// Entries sent on connect when the client gives no `Last-Event-ID`:
-    /// the last N. Default: `0` (only what comes next). At most 10000.
+    /// the last N. Default: `0` (only what comes next). At most 1000.
     pub history: usize,
     /// The entry field holding the event data. Default: `data`.
     pub field: String,
@@ -75,8 +75,13 @@ pub struct RedisConfig {
     pub buffer: usize,
     /// The most entries a client that fell behind (or resumed from an old
     /// id) may fetch from Redis to catch up; past it the stream ends with a
-    /// `lagged` error naming the id to resume from. Default: `10000`.
+    /// `lagged` error naming the id to resume from. A client holds at most
+    /// one page (100 entries) of it at a time. Default: `10000`.
     pub max_catchup: usize,
+    /// Keys this backend reads at once, each with its own Redis connection;
+    /// a client of one more key is answered 503, so that clients cannot
+    /// exhaust Redis's connections. Default: `1000`.
+    pub max_keys: usize,
 }
 
 impl Default for RedisConfig {
@@ -90,6 +95,7 @@ impl Default for RedisConfig {
             name_field: "event".into(),
             buffer: 1024,
             max_catchup: 10_000,
+            max_keys: 1000,
         }
     }
 }
@@ -100,8 +106,14 @@ impl RedisConfig {
         let mut problems = Vec::new();
         validate_url(&self.url, &mut problems);
         validate_key(&self.stream, self.allow.as_deref(), &mut problems);
-        if self.history > 10_000 {
-            problems.push(Problem::new("history", "at most 10000"));
+        if self.history > 1000 {
+            problems.push(Problem::new(
+                "history",
+                "at most 1000 (a client holds its history in memory)",
+            ));
+        }
+        if self.max_keys == 0 {
+            problems.push(Problem::new("max_keys", "must be at least 1"));
         }
         if !(1..=1 << 20).contains(&self.buffer) {
             problems.push(Problem::new("buffer", "from 1 to 1048576"));
@@ -389,8 +401,14 @@ impl Hub {
 
     async fn commands(&self) -> Result<ConnectionManager, BackendError> {
         let client = self.client()?;
+        // Fail fast when Redis is away (a 503 beats a long wait), and give
+        // a page of entries time to arrive.
+        let settings = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
         self.commands
-            .get_or_try_init(|| client.get_connection_manager())
+            .get_or_try_init(|| client.get_connection_manager_with_config(settings))
             .await
             .cloned()
             .map_err(|e| unavailable(&e))
@@ -409,19 +427,20 @@ impl Hub {
         // Where the reader starts: the end of the stream now, so that a
         // client's catch-up (`XRANGE` after subscribing) and the reader
         // overlap rather than leave a gap.
-        let mut commands = self.commands().await?;
-        let last: StreamRangeReply = commands
-            .xrevrange_count(key, "+", "-", 1)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let start = last
-            .ids
-            .first()
-            .and_then(|e| EntryId::parse(&e.id))
-            .unwrap_or(EntryId(0, 0));
+        let start = stream_end(&mut self.commands().await?, key).await?;
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(channel) = channels.get(key).and_then(Weak::upgrade) {
             return Ok(channel);
+        }
+        channels.retain(|_, weak| weak.strong_count() > 0);
+        if channels.len() >= config.max_keys {
+            return Err(BackendError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "this gateway reads {} keys already, its most; retry later",
+                    config.max_keys
+                ),
+            ));
         }
         let (sender, _) = broadcast::channel(config.buffer);
         let reader = tokio::spawn(read(
@@ -433,7 +452,6 @@ impl Hub {
         ))
         .abort_handle();
         let channel = Arc::new(Channel { sender, reader });
-        channels.retain(|_, weak| weak.strong_count() > 0);
         channels.insert(key.to_string(), Arc::downgrade(&channel));
         Ok(channel)
     }
@@ -511,37 +529,27 @@ fn to_entry(entry: StreamId, config: &RedisConfig) -> Option<Entry> {
     Some(Entry { id, event })
 }
 
-/// `XRANGE` after `after`, page by page, up to `limit` entries; the bool
-/// says whether the stream had more.
-async fn range_after(
+/// One page of `XRANGE` after `after`: at most `count` entries, and whether
+/// the stream has more after them.
+async fn page_after(
     commands: &mut ConnectionManager,
     key: &str,
     after: EntryId,
-    limit: usize,
+    count: usize,
     config: &RedisConfig,
 ) -> Result<(Vec<Entry>, bool), BackendError> {
-    let mut entries = Vec::new();
-    let mut from = after;
-    loop {
-        let want = PAGE.min(limit - entries.len()) + 1;
-        let reply: StreamRangeReply = commands
-            .xrange_count(key, format!("({from}"), "+", want)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let got = reply.ids.len();
-        for entry in reply.ids {
-            if entries.len() == limit {
-                return Ok((entries, true));
-            }
-            if let Some(entry) = to_entry(entry, config) {
-                from = entry.id;
-                entries.push(entry);
-            }
-        }
-        if got < want {
-            return Ok((entries, false));
-        }
-    }
+    let reply: StreamRangeReply = commands
+        .xrange_count(key, format!("({after}"), "+", count + 1)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let more = reply.ids.len() > count;
+    let entries = reply
+        .ids
+        .into_iter()
+        .take(count)
+        .filter_map(|e| to_entry(e, config))
+        .collect();
+    Ok((entries, more))
 }
 
 /// The last `n` entries, oldest first.
@@ -564,26 +572,113 @@ async fn last_entries(
     Ok(entries)
 }
 
-fn lagged(at: Option<EntryId>) -> BackendError {
-    let resume = at.map_or("the start".to_string(), |id| id.to_string());
+/// The id of the stream's last entry now (`0-0` for an empty stream).
+async fn stream_end(commands: &mut ConnectionManager, key: &str) -> Result<EntryId, BackendError> {
+    let last: StreamRangeReply = commands
+        .xrevrange_count(key, "+", "-", 1)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(last
+        .ids
+        .first()
+        .and_then(|e| EntryId::parse(&e.id))
+        .unwrap_or(EntryId(0, 0)))
+}
+
+/// Whether entries after `after` may be gone: deleted (Redis records the
+/// largest id `XDEL` removed, `max-deleted-entry-id`) or trimmed (`after`
+/// itself is gone, and the oldest entry left is later: trimming removes the
+/// oldest entries first, so what followed `after` may have gone with it).
+async fn removed_after(
+    commands: &mut ConnectionManager,
+    key: &str,
+    after: EntryId,
+) -> Result<bool, BackendError> {
+    let info: redis::Value = match redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(key)
+        .query_async(commands)
+        .await
+    {
+        Ok(info) => info,
+        // No such stream: nothing was removed from it.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+            return Ok(false);
+        }
+        Err(e) => return Err(unavailable(&e)),
+    };
+    let pairs: Vec<(redis::Value, redis::Value)> = match info {
+        redis::Value::Map(pairs) => pairs,
+        redis::Value::Array(items) => {
+            let mut items = items.into_iter();
+            std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
+        }
+        _ => Vec::new(),
+    };
+    let field = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| redis::from_redis_value_ref::<String>(k).is_ok_and(|k| k == name))
+            .map(|(_, v)| v)
+    };
+    let id = |name: &str| {
+        field(name)
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+            .and_then(|id| EntryId::parse(&id))
+    };
+    let number = |name: &str| field(name).and_then(|v| redis::from_redis_value_ref::<u64>(v).ok());
+    if id("max-deleted-entry-id").is_some_and(|deleted| deleted > after) {
+        return Ok(true);
+    }
+    let trimmed = number("entries-added") > number("length");
+    let first_later = id("recorded-first-entry-id").is_some_and(|first| first > after);
+    if !(trimmed && first_later) {
+        return Ok(false);
+    }
+    let own: StreamRangeReply = commands
+        .xrange(key, after.to_string(), after.to_string())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(own.ids.is_empty())
+}
+
+fn lagged(at: EntryId) -> BackendError {
     BackendError::new(
         ErrorKind::Lagged,
-        format!("the client fell too far behind; reconnect with Last-Event-ID {resume}"),
+        format!("the client fell too far behind; reconnect with Last-Event-ID {at}"),
     )
 }
 
-/// One client's position and where its events come from.
+fn gap(after: EntryId) -> BackendError {
+    BackendError::new(
+        ErrorKind::Lagged,
+        format!(
+            "entries after {after} were trimmed from the stream before this client read them; \
+             the stream goes on with the oldest entry left"
+        ),
+    )
+}
+
+/// One client: where it is in the stream, and where its next events come
+/// from: a notice, a page of backlog, more pages from Redis, then the live
+/// buffer.
 struct Client {
     key: String,
     config: Arc<RedisConfig>,
     hub: Arc<Hub>,
     _channel: Arc<Channel>,
     live: broadcast::Receiver<Arc<Entry>>,
-    /// Entries fetched from Redis, to send before the live ones.
+    /// The current page of entries fetched from Redis.
     backlog: std::collections::VecDeque<Entry>,
-    last: Option<EntryId>,
-    /// An error to send after the backlog, then end.
+    /// The last id sent (or the stream's end when the client joined).
+    last: EntryId,
+    /// While catching up from Redis: how many more entries it may fetch.
+    catching_up: Option<usize>,
+    /// An error to send before anything else (a gap), the stream going on.
+    notice: Option<BackendError>,
+    /// An error to send once the backlog is out, then end.
     ending: Option<BackendError>,
+    ended: bool,
 }
 
 #[async_trait]
@@ -610,92 +705,111 @@ impl Backend for Redis {
             _channel: channel,
             live,
             backlog: Default::default(),
-            last: resume,
+            last: EntryId(0, 0),
+            catching_up: None,
+            notice: None,
             ending: None,
+            ended: false,
         };
         match resume {
-            Some(after) => client.catch_up(&mut commands, after).await?,
-            None if self.config.history > 0 => {
-                let entries =
-                    last_entries(&mut commands, &key, self.config.history, &self.config).await?;
-                client.last = entries.last().map(|e| e.id);
-                client.backlog.extend(entries);
+            Some(after) => client.start_catch_up(&mut commands, after).await?,
+            None => {
+                client.last = stream_end(&mut commands, &key).await?;
+                if self.config.history > 0 {
+                    let history =
+                        last_entries(&mut commands, &key, self.config.history, &self.config)
+                            .await?;
+                    client.backlog.extend(history);
+                }
             }
-            None => {}
         }
         Ok(futures::stream::unfold(client, Client::next).boxed())
     }
 }
 
 impl Client {
-    /// Fetches what follows `after` into the backlog, within `max_catchup`.
-    async fn catch_up(
+    /// Starts catching up after `after`, noting a gap when entries after it
+    /// are gone.
+    async fn start_catch_up(
         &mut self,
         commands: &mut ConnectionManager,
         after: EntryId,
     ) -> Result<(), BackendError> {
-        let (entries, more) = range_after(
-            commands,
-            &self.key,
-            after,
-            self.config.max_catchup,
-            &self.config,
-        )
-        .await?;
-        if let Some(last) = entries.last() {
-            self.last = Some(last.id);
+        if removed_after(commands, &self.key, after).await? {
+            self.notice = Some(gap(after));
         }
+        self.last = after;
+        self.catching_up = Some(self.config.max_catchup);
+        Ok(())
+    }
+
+    /// The next page of the catch-up into the backlog; at the budget's end
+    /// with more to read, the stream is to end with `lagged`.
+    async fn fetch_page(&mut self) -> Result<(), BackendError> {
+        let Some(budget) = self.catching_up else {
+            return Ok(());
+        };
+        let mut commands = self.hub.commands().await?;
+        let count = PAGE.min(budget);
+        let (entries, more) = if count == 0 {
+            (Vec::new(), true)
+        } else {
+            page_after(&mut commands, &self.key, self.last, count, &self.config).await?
+        };
+        let left = budget - entries.len();
+        self.catching_up = match (more, left) {
+            (false, _) => None,
+            (true, 0) => {
+                self.ending = Some(lagged(entries.last().map_or(self.last, |e| e.id)));
+                None
+            }
+            (true, left) => Some(left),
+        };
         self.backlog.extend(entries);
-        if more {
-            self.ending = Some(lagged(self.last));
-        }
         Ok(())
     }
 
     async fn next(mut self) -> Option<(Result<Event, BackendError>, Self)> {
         loop {
+            if self.ended {
+                return None;
+            }
+            if let Some(notice) = self.notice.take() {
+                return Some((Err(notice), self));
+            }
+            // Pages follow `last` by construction; history precedes the
+            // stream's end, which `last` already is.
             if let Some(entry) = self.backlog.pop_front() {
+                self.last = self.last.max(entry.id);
                 return Some((Ok(entry.event), self));
             }
+            if self.catching_up.is_some() {
+                if let Err(error) = self.fetch_page().await {
+                    self.ended = true;
+                    return Some((Err(error), self));
+                }
+                continue;
+            }
             if let Some(error) = self.ending.take() {
-                // Sent once; the stream then ends (`live` is never read again).
-                self.backlog.clear();
-                return Some((Err(error), self.finished()));
+                self.ended = true;
+                return Some((Err(error), self));
             }
             match self.live.recv().await {
                 Ok(entry) => {
-                    if self
-                        .last
-                        .is_some_and(|last| entry.id.cmp(&last) != Ordering::Greater)
-                    {
+                    if entry.id <= self.last {
                         continue;
                     }
-                    self.last = Some(entry.id);
+                    self.last = entry.id;
                     return Some((Ok(entry.event.clone()), self));
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // Behind by more than the buffer: catch up from Redis.
-                    let after = self.last.unwrap_or(EntryId(0, 0));
-                    let caught = match self.hub.commands().await {
-                        Ok(mut commands) => self.catch_up(&mut commands, after).await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(error) = caught {
-                        return Some((Err(error), self.finished()));
-                    }
+                    // Behind by more than the buffer: catch up from Redis,
+                    // page by page, within `max_catchup`.
+                    self.catching_up = Some(self.config.max_catchup);
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
-    }
-
-    /// A client whose stream has ended: its next poll yields nothing.
-    fn finished(mut self) -> Self {
-        self.ending = None;
-        self.backlog.clear();
-        let (_, closed) = broadcast::channel(1);
-        self.live = closed;
-        self
     }
 }
 

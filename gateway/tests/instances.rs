@@ -55,6 +55,8 @@ impl Instance {
                     continue;
                 };
                 if let Some(address) = log["fields"]["address"].as_str() {
+                    // Keep reading, so that later logs never meet a closed pipe.
+                    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
                     return address.to_string();
                 }
             }
