@@ -361,17 +361,19 @@ async fn log_lines(stderr: impl AsyncRead + Unpin, program: String, max: usize) 
         let text = text.trim_end_matches(['\n', '\r']);
         tracing::warn!(%program, cut, "{text}");
         // Drop the rest of a cut line, a bounded chunk at a time.
-        let mut rest = Vec::new();
-        while cut {
-            rest.clear();
-            match (&mut reader)
-                .take(max as u64)
-                .read_until(b'\n', &mut rest)
-                .await
-            {
-                Ok(0) | Err(_) => return,
-                Ok(_) if rest.ends_with(b"\n") => break,
-                Ok(_) => {}
+        if cut {
+            let mut rest = Vec::new();
+            loop {
+                rest.clear();
+                match (&mut reader)
+                    .take(max as u64)
+                    .read_until(b'\n', &mut rest)
+                    .await
+                {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if rest.ends_with(b"\n") => break,
+                    Ok(_) => {}
+                }
             }
         }
     }
