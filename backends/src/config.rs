@@ -6,9 +6,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::Backend;
+use crate::command::{Command, CommandConfig};
 use crate::demo::{Demo, DemoConfig};
 use crate::http::{Http, HttpConfig};
-use crate::command::{Command, CommandConfig};
+use crate::nats::{Nats, NatsConfig};
 use crate::redis::{Redis, RedisConfig};
 use crate::ticker::{Ticker, TickerConfig};
 
@@ -31,6 +32,9 @@ pub enum BackendConfig {
     Ticker(TickerConfig),
     /// A Redis Stream, shared by every client of a key (see [`crate::redis`]).
     Redis(RedisConfig),
+    /// A subject of a NATS JetStream stream, shared by every client of a
+    /// subject (see [`crate::nats`]).
+    Nats(NatsConfig),
     /// A program's output, a line per event (see [`crate::command`]).
     Command(CommandConfig),
     /// An upstream URL that streams SSE, NDJSON or lines (see [`crate::http`]).
@@ -45,6 +49,7 @@ impl BackendConfig {
             Self::Demo(c) => c.validate(),
             Self::Ticker(c) => c.validate(),
             Self::Redis(c) => c.validate(),
+            Self::Nats(c) => c.validate(),
             Self::Command(c) => c.validate(),
             Self::Http(c) => c.validate(),
         }
@@ -56,6 +61,7 @@ impl BackendConfig {
             Self::Demo(c) => Arc::new(Demo::new(c.clone())),
             Self::Ticker(c) => Arc::new(Ticker::new(c.clone())),
             Self::Redis(c) => Arc::new(Redis::new(c.clone())),
+            Self::Nats(c) => Arc::new(Nats::new(c.clone())),
             Self::Command(c) => Arc::new(Command::new(c.clone())),
             Self::Http(c) => Arc::new(Http::new(c.clone())),
         }
