@@ -64,6 +64,7 @@ use serde::Deserialize;
 use tokio::sync::{OnceCell, broadcast, oneshot, watch};
 
 use crate::config::Problem;
+use crate::publish::{Publication, Publisher};
 use crate::{Backend, BackendError, Data, ErrorKind, Event, EventStream, RequestContext};
 
 /// Messages asked for per pull request, live or catching up.
@@ -415,6 +416,107 @@ impl Nats {
             )),
             _ => Ok(subject),
         }
+    }
+}
+
+/// `[…target]` of a publish route: the JetStream subject events are
+/// published to. Its keys mean what they mean for the `nats` backend.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsTarget {
+    /// The server. Default: `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The stream that must store the subject; a publish that lands in
+    /// another stream (or none) is an error. Required.
+    pub stream: String,
+    /// The subject, with `{param}` placeholders from the publish route's
+    /// path (`rooms.{room}`). Required.
+    pub subject: String,
+    /// The pattern the subject must fall within; required with placeholders.
+    pub allow: Option<String>,
+    /// The header the event name goes to. Default: `event`.
+    pub name_header: String,
+}
+
+impl Default for NatsTarget {
+    fn default() -> Self {
+        let reader = NatsConfig::default();
+        Self {
+            url: reader.url,
+            stream: reader.stream,
+            subject: reader.subject,
+            allow: reader.allow,
+            name_header: reader.name_header,
+        }
+    }
+}
+
+impl NatsTarget {
+    /// The reader's settings with the same meaning: the checks, the subject
+    /// and the connection are the backend's own.
+    fn as_reader(&self) -> NatsConfig {
+        NatsConfig {
+            url: self.url.clone(),
+            stream: self.stream.clone(),
+            subject: self.subject.clone(),
+            allow: self.allow.clone(),
+            name_header: self.name_header.clone(),
+            ..NatsConfig::default()
+        }
+    }
+
+    /// Every problem with the settings.
+    pub fn validate(&self) -> Vec<Problem> {
+        self.as_reader().validate()
+    }
+}
+
+/// Publishes events to a JetStream subject.
+#[derive(Debug)]
+pub struct NatsPublisher {
+    nats: Nats,
+}
+
+impl NatsPublisher {
+    /// The publisher for its settings; it connects on first use.
+    pub fn new(target: &NatsTarget) -> Self {
+        Self {
+            nats: Nats::new(target.as_reader()),
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for NatsPublisher {
+    async fn publish(
+        &self,
+        ctx: &RequestContext,
+        publication: &Publication,
+    ) -> Result<String, BackendError> {
+        let subject = self.nats.subject(ctx)?;
+        let jetstream = self.nats.hub.jetstream().await?;
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(name) = &publication.name {
+            headers.insert(self.nats.config.name_header.as_str(), name.as_str());
+        }
+        let payload = publication.data.to_string();
+        let ack = bounded("publish", async {
+            jetstream
+                .publish_with_headers(subject, headers, payload.into())
+                .await?
+                .await
+        })
+        .await?;
+        if ack.stream != self.nats.config.stream {
+            return Err(BackendError::new(
+                ErrorKind::Internal,
+                format!(
+                    "the subject is stored by the stream {:?}, not {:?}: readers would not see the event",
+                    ack.stream, self.nats.config.stream
+                ),
+            ));
+        }
+        Ok(ack.sequence.to_string())
     }
 }
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::Problem;
+use crate::nats::{NatsPublisher, NatsTarget};
 use crate::redis::{RedisPublisher, RedisTarget};
 use crate::{BackendError, RequestContext};
 
@@ -75,6 +76,8 @@ pub trait Publisher: Send + Sync + fmt::Debug {
 pub enum PublisherConfig {
     /// A Redis Stream (what a `redis` backend reads).
     Redis(RedisTarget),
+    /// A JetStream subject (what a `nats` backend reads).
+    Nats(NatsTarget),
 }
 
 impl PublisherConfig {
@@ -82,6 +85,7 @@ impl PublisherConfig {
     pub fn validate(&self) -> Vec<Problem> {
         match self {
             Self::Redis(c) => c.validate(),
+            Self::Nats(c) => c.validate(),
         }
     }
 
@@ -89,6 +93,7 @@ impl PublisherConfig {
     pub fn build(&self) -> Arc<dyn Publisher> {
         match self {
             Self::Redis(c) => Arc::new(RedisPublisher::new(c.clone())),
+            Self::Nats(c) => Arc::new(NatsPublisher::new(c)),
         }
     }
 }
