@@ -724,3 +724,39 @@ async fn after_a_broker_restart_clients_get_what_follows_nothing_lost_or_repeate
     drop(stream);
     drop(broker);
 }
+
+/// A stream deleted and created again numbers from 1 again: the shared
+/// reader follows the new messages, and clients are told the ids started
+/// over (they would otherwise look old, and be dropped silently).
+#[tokio::test]
+async fn a_stream_created_again_is_followed_and_announced() {
+    let stream = TestStream::new(NATS, "again", StorageType::Memory).await;
+    let server = gateway(NATS, &stream, |_| {}, |_| {}).await;
+    let mut lines = ndjson_lines(open(&server, "r", None).await);
+    let subject = stream.subject("r");
+    publish(NATS, &subject, 0..5).await;
+    assert_eq!(ns(&take(&mut lines, 5).await), [0, 1, 2, 3, 4]);
+
+    let js = jetstream(NATS).await;
+    within("deleting the stream", js.delete_stream(&stream.name))
+        .await
+        .expect("deleted");
+    within(
+        "creating it again",
+        js.create_stream(jetstream::stream::Config {
+            name: stream.name.clone(),
+            subjects: vec![format!("{}.>", stream.prefix)],
+            storage: StorageType::Memory,
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("created again");
+    // Published until the reader has caught on (it retries with backoff).
+    let seqs = publish(NATS, &subject, 5..7).await;
+    assert_eq!(seqs, [1, 2], "the new stream numbers from 1");
+    let got = take_within(RESTART_BOUND, &mut lines, 3).await;
+    assert_eq!(got[0]["event"], "gateway.error", "{got:?}");
+    assert_eq!(got[0]["kind"], "lagged");
+    assert_eq!(ns(&got[1..]), [5, 6]);
+}

@@ -318,6 +318,9 @@ struct Entry {
     /// The stream sequence.
     seq: u64,
     event: Event,
+    /// Not a message: the stream was re-created and its sequences started
+    /// again; clients forget the sequences they saw.
+    reset: bool,
 }
 
 fn to_entry(message: &async_nats::Message, seq: u64, config: &NatsConfig) -> Entry {
@@ -333,7 +336,11 @@ fn to_entry(message: &async_nats::Message, seq: u64, config: &NatsConfig) -> Ent
     if let Some(name) = name {
         event = event.with_name(name.as_str());
     }
-    Entry { seq, event }
+    Entry {
+        seq,
+        event,
+        reset: false,
+    }
 }
 
 /// The backend: its settings and the readers it shares among clients.
@@ -560,6 +567,27 @@ async fn bounded<T, E: std::fmt::Display>(
     }
 }
 
+/// The stream's first and last sequence now.
+async fn bounds(jetstream: &jetstream::Context, stream: &str) -> Result<(u64, u64), BackendError> {
+    let found = tokio::time::timeout(REQUEST_TIMEOUT, jetstream.get_stream(stream)).await;
+    match found {
+        Ok(Ok(found)) => {
+            let state = &found.cached_info().state;
+            Ok((state.first_sequence, state.last_sequence))
+        }
+        Ok(Err(e)) => match e.kind() {
+            jetstream::context::GetStreamErrorKind::JetStream(code)
+                if is_code(Some(&code), ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                tracing::warn!(%stream, "no such JetStream stream; the gateway does not create streams");
+                Err(no_stream(stream))
+            }
+            _ => Err(unavailable("stream info", e)),
+        },
+        Err(_) => Err(unavailable("stream info", "timed out")),
+    }
+}
+
 impl Hub {
     async fn jetstream(&self) -> Result<jetstream::Context, BackendError> {
         let server = self.server.as_ref().map_err(|e| {
@@ -617,31 +645,6 @@ impl Hub {
         Ok(context.clone())
     }
 
-    /// The stream's first and last sequence now.
-    async fn bounds(
-        &self,
-        jetstream: &jetstream::Context,
-        stream: &str,
-    ) -> Result<(u64, u64), BackendError> {
-        let found = tokio::time::timeout(REQUEST_TIMEOUT, jetstream.get_stream(stream)).await;
-        match found {
-            Ok(Ok(found)) => {
-                let state = &found.cached_info().state;
-                Ok((state.first_sequence, state.last_sequence))
-            }
-            Ok(Err(e)) => match e.kind() {
-                jetstream::context::GetStreamErrorKind::JetStream(code)
-                    if is_code(Some(&code), ErrorCode::STREAM_NOT_FOUND) =>
-                {
-                    tracing::warn!(%stream, "no such JetStream stream; the gateway does not create streams");
-                    Err(no_stream(stream))
-                }
-                _ => Err(unavailable("stream info", e)),
-            },
-            Err(_) => Err(unavailable("stream info", "timed out")),
-        }
-    }
-
     /// The subject's channel, started (after the stream's current last
     /// sequence) when it has none.
     async fn channel(
@@ -661,7 +664,7 @@ impl Hub {
         // Watched from before the consumer exists: a reconnection after it
         // was made is one the reader hears of.
         let connections = self.connections.subscribe();
-        let (_, last) = self.bounds(&jetstream, &config.stream).await?;
+        let (_, last) = bounds(&jetstream, &config.stream).await?;
         let consumer = consumer(&jetstream, &config.stream, subject, last + 1).await?;
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(channel) = channels.get(subject).and_then(Weak::upgrade) {
@@ -950,7 +953,7 @@ impl Reader {
         loop {
             let current = match consumer.take() {
                 Some(c) => c,
-                None => match consumer_again(&self).await {
+                None => match consumer_again(&mut self).await {
                     Ok(c) => c,
                     Err(error) => {
                         tracing::warn!(subject = %self.subject, %error, "NATS reader cannot make its consumer; retrying");
@@ -1043,7 +1046,22 @@ async fn pause(backoff: &mut Duration, stop: &mut oneshot::Receiver<()>) -> bool
     true
 }
 
-async fn consumer_again(reader: &Reader) -> Result<PullConsumer, BackendError> {
+async fn consumer_again(reader: &mut Reader) -> Result<PullConsumer, BackendError> {
+    // A stream deleted and created again (or a memory stream lost in a
+    // restart) numbers from 1 again: a consumer after the old last sequence
+    // would wait past messages that never come, and every new one would
+    // look old. Start over, and tell the clients.
+    let (first, end) = bounds(&reader.jetstream, &reader.config.stream).await?;
+    if end < reader.last {
+        tracing::warn!(subject = %reader.subject, was = reader.last, now = end, "The NATS stream's sequences started again; following the new ones");
+        reader.last = first.saturating_sub(1);
+        reader.delivered.store(reader.last, Ordering::Release);
+        let _ = reader.sender.send(Arc::new(Entry {
+            seq: reader.last,
+            event: Event::new(Data::text("")),
+            reset: true,
+        }));
+    }
     consumer(
         &reader.jetstream,
         &reader.config.stream,
@@ -1057,6 +1075,14 @@ fn lagged(at: u64) -> BackendError {
     BackendError::new(
         ErrorKind::Lagged,
         format!("the client fell too far behind; reconnect with Last-Event-ID {at}"),
+    )
+}
+
+fn restarted() -> BackendError {
+    BackendError::new(
+        ErrorKind::Lagged,
+        "the stream was created again and numbers its messages from the start again; \
+         what follows has new ids",
     )
 }
 
@@ -1131,14 +1157,11 @@ impl Backend for Nats {
         match resume {
             Some(after) => {
                 let jetstream = self.hub.jetstream().await?;
-                let (first, end) = self.hub.bounds(&jetstream, &self.config.stream).await?;
+                let (_, end) = bounds(&jetstream, &self.config.stream).await?;
                 if after > end {
                     return Err(BackendError::bad_request(format!(
                         "Last-Event-ID {after} is past the stream's last sequence {end}: it is not an id of this stream"
                     )));
-                }
-                if first > after + 1 {
-                    client.notice = Some(gap(after, first));
                 }
                 client.last = after;
                 // At the end already (the usual reconnection), what follows
@@ -1159,7 +1182,7 @@ impl Client {
     /// `max_catchup`, oldest first.
     async fn history(&mut self, n: usize) -> Result<(), BackendError> {
         let jetstream = self.hub.jetstream().await?;
-        let (first, end) = self.hub.bounds(&jetstream, &self.config.stream).await?;
+        let (first, end) = bounds(&jetstream, &self.config.stream).await?;
         // A subject may be a small share of a busy stream, and only reading
         // finds its messages: the window of the last `max_catchup` sequences
         // bounds that work, keeping the last `n` seen.
@@ -1188,6 +1211,16 @@ impl Client {
     /// The next page of the catch-up into the backlog; at the budget's end
     /// with more to read, the stream is to end with `lagged`.
     async fn fetch_page(&mut self) -> Result<(), BackendError> {
+        if self.catching_up.is_none() {
+            return Ok(());
+        }
+        // Limits remove the oldest messages all the time: a page that would
+        // start past removed ones says so first.
+        let jetstream = self.hub.jetstream().await?;
+        let (first, _) = bounds(&jetstream, &self.config.stream).await?;
+        if first > self.last + 1 && self.notice.is_none() {
+            self.notice = Some(gap(self.last, first));
+        }
         let Some(catch_up) = self.catching_up.as_mut() else {
             return Ok(());
         };
@@ -1239,6 +1272,10 @@ impl Client {
                 return Some((Err(error), self));
             }
             match self.live.recv().await {
+                Ok(entry) if entry.reset => {
+                    self.last = entry.seq;
+                    return Some((Err(restarted()), self));
+                }
                 Ok(entry) => {
                     if entry.seq <= self.last {
                         continue;

@@ -804,8 +804,17 @@ impl Client {
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Behind by more than the buffer: catch up from Redis,
-                    // page by page, within `max_catchup`.
-                    self.catching_up = Some(self.config.max_catchup);
+                    // page by page, within `max_catchup`, hearing first of
+                    // entries trimmed meanwhile.
+                    let after = self.last;
+                    let started = match self.hub.commands().await {
+                        Ok(mut commands) => self.start_catch_up(&mut commands, after).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(error) = started {
+                        self.ended = true;
+                        return Some((Err(error), self));
+                    }
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
