@@ -205,47 +205,8 @@ impl HttpConfig {
     }
 }
 
-/// The method of the upstream request.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(try_from = "String")]
-#[allow(missing_docs)]
-pub enum UpstreamMethod {
-    Get,
-    Post,
-    Put,
-    Patch,
-    Delete,
-}
-
-impl UpstreamMethod {
-    fn as_method(self) -> Method {
-        match self {
-            Self::Get => Method::GET,
-            Self::Post => Method::POST,
-            Self::Put => Method::PUT,
-            Self::Patch => Method::PATCH,
-            Self::Delete => Method::DELETE,
-        }
-    }
-}
-
-impl TryFrom<String> for UpstreamMethod {
-    type Error = String;
-    fn try_from(name: String) -> Result<Self, String> {
-        Ok(match name.as_str() {
-            "GET" => Self::Get,
-            "POST" => Self::Post,
-            "PUT" => Self::Put,
-            "PATCH" => Self::Patch,
-            "DELETE" => Self::Delete,
-            _ => {
-                return Err(format!(
-                    "unknown value {name:?}; expected one of \"GET\", \"POST\", \"PUT\", \"PATCH\", \"DELETE\""
-                ));
-            }
-        })
-    }
-}
+/// The method of the upstream request (the config's one method type).
+pub use crate::config::HttpMethod as UpstreamMethod;
 
 /// What the upstream streams.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

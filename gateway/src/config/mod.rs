@@ -254,31 +254,8 @@ impl RouteConfig {
     }
 }
 
-/// A method a route answers.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(try_from = "String")]
-#[allow(missing_docs)]
-pub enum RouteMethod {
-    Get,
-    Post,
-    Put,
-    Patch,
-    Delete,
-}
-
-impl RouteMethod {
-    /// The HTTP method.
-    pub fn as_method(self) -> axum::http::Method {
-        use axum::http::Method;
-        match self {
-            Self::Get => Method::GET,
-            Self::Post => Method::POST,
-            Self::Put => Method::PUT,
-            Self::Patch => Method::PATCH,
-            Self::Delete => Method::DELETE,
-        }
-    }
-}
+/// A method a route answers (the config's one method type).
+pub use backends::config::HttpMethod as RouteMethod;
 
 /// What a backend's mid-stream failure does to the route's stream.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -328,13 +305,6 @@ named!(LambdaMode {
     "auto" => LambdaMode::Auto,
     "http" => LambdaMode::Http,
     "native" => LambdaMode::Native,
-});
-named!(RouteMethod {
-    "GET" => RouteMethod::Get,
-    "POST" => RouteMethod::Post,
-    "PUT" => RouteMethod::Put,
-    "PATCH" => RouteMethod::Patch,
-    "DELETE" => RouteMethod::Delete,
 });
 named!(ErrorPolicy { "continue" => ErrorPolicy::Continue, "abort" => ErrorPolicy::Abort });
 named!(Envelope {
