@@ -80,15 +80,22 @@ async fn error_code(response: reqwest::Response) -> String {
 #[tokio::test]
 async fn a_published_event_reaches_readers_with_the_id_it_was_given() {
     let server = server().await;
+    publish_and_read(&server).await;
+}
+
+/// Publishes an event to `/rooms/lobby/events` while a reader is on
+/// `/rooms/lobby`: the reader gets it, with the id the publish answered.
+async fn publish_and_read(server: &TestServer) {
     let response = within(
         "a stream",
         client().get(server.url("/rooms/lobby?format=sse")).send(),
     )
     .await
     .expect("request");
+    assert_eq!(response.status(), 200);
     let mut events = sse_events(response);
     let published = post(
-        &server,
+        server,
         "/rooms/lobby/events",
         Some(TOKEN),
         r#"{"data": {"text": "hello"}, "event": "message"}"#,
@@ -102,8 +109,10 @@ async fn a_published_event_reaches_readers_with_the_id_it_was_given() {
         .expect("an id")
         .to_string();
     let event = within("the event", events.next()).await.expect("an event");
-    assert_eq!(event.event, "message");
-    assert_eq!(event.id, id);
+    assert_eq!(
+        (event.event.as_str(), event.id.as_str()),
+        ("message", id.as_str())
+    );
     assert_eq!(
         serde_json::from_str::<Value>(&event.data).expect("JSON data"),
         json!({"text": "hello"})
@@ -255,38 +264,7 @@ allow = "{prefix}.*"
     let loaded = config::load(Source::File(&path), Some(HashMap::new()));
     let _ = std::fs::remove_file(&path);
     let server = TestServer::from_config(&loaded.expect("a valid config")).await;
-
-    let response = within(
-        "a stream",
-        client().get(server.url("/rooms/lobby?format=sse")).send(),
-    )
-    .await
-    .expect("request");
-    assert_eq!(response.status(), 200);
-    let mut events = sse_events(response);
-    let published = post(
-        &server,
-        "/rooms/lobby/events",
-        Some(TOKEN),
-        r#"{"data": {"text": "hello"}, "event": "message"}"#,
-    )
-    .await;
-    assert_eq!(published.status(), 201);
-    let id = within("the body", published.json::<Value>())
-        .await
-        .expect("JSON")["id"]
-        .as_str()
-        .expect("an id")
-        .to_string();
-    let event = within("the event", events.next()).await.expect("an event");
-    assert_eq!(
-        (event.event.as_str(), event.id.as_str()),
-        ("message", id.as_str())
-    );
-    assert_eq!(
-        serde_json::from_str::<Value>(&event.data).expect("JSON data"),
-        json!({"text": "hello"})
-    );
+    publish_and_read(&server).await;
     // A parameter that would change the subject is refused.
     let outside = post(&server, "/rooms/a.b/events", Some(TOKEN), r#"{"data": 1}"#).await;
     assert_eq!(outside.status(), 400, "a dot would change the subject");
