@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use backends::RequestContext;
 use backends::publish::Publication;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::cursor::Cursor;
 use crate::error::ApiError;
@@ -32,17 +33,67 @@ const ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-original-host");
 const REQUEST_HOST: HeaderName = HeaderName::from_static("x-request-host");
 const ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const CLOUDFRONT_ID: HeaderName = HeaderName::from_static("x-amz-cf-id");
 /// Query parameter that can carry `Last-Event-ID` (for clients that cannot
 /// set headers on a reconnect, as `EventSource` polyfills cannot).
 const LAST_EVENT_ID_PARAM: &str = "lastEventId";
 
-/// Answers every request that is not `/healthz`.
+/// Answers every request that is not `/healthz`. Every answer names its
+/// request id (`X-Request-Id`), and every log line of the request, its
+/// stream's included, carries it.
 pub async fn dispatch(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
-    let response = match stream(&gateway, request).await {
+    let id = request_id(&request);
+    let span = tracing::info_span!("request", request_id = %id);
+    let response = match stream(&gateway, request).instrument(span).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
-    with_vary(response)
+    let mut response = with_vary(response);
+    if let Ok(value) = HeaderValue::try_from(id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// The request's id: the client's or a proxy's (`X-Request-Id`, then
+/// CloudFront's `X-Amz-Cf-Id`), Lambda's invocation id in native mode, or a
+/// new one. A given id is used when it is 1 to 128 visible ASCII characters.
+fn request_id(request: &Request) -> String {
+    let given = |name: &HeaderName| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_string)
+    };
+    given(&REQUEST_ID)
+        .or_else(|| given(&CLOUDFRONT_ID))
+        .or_else(|| {
+            request
+                .extensions()
+                .get::<lambda_http::Context>()
+                .map(|context| context.request_id.clone())
+                .filter(|id| !id.is_empty())
+        })
+        .unwrap_or_else(new_request_id)
+}
+
+/// A new id, unique within the process and unlikely to repeat across
+/// processes: the process's start time and a counter.
+fn new_request_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static START: OnceLock<u64> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let start = START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    format!("{start:016x}-{n:x}")
 }
 
 /// `Vary: Accept` on every answer of a stream route, errors included: the

@@ -66,6 +66,8 @@ pub struct Session {
     events_sent: u64,
     bytes_sent: u64,
     _permit: OwnedSemaphorePermit,
+    /// The request's span: the stream's log lines carry its request id.
+    span: tracing::Span,
 }
 
 impl std::fmt::Debug for Session {
@@ -112,6 +114,8 @@ impl Session {
             events_sent: 0,
             bytes_sent: 0,
             _permit: permit,
+            // Made inside the request's span: its log lines carry its id.
+            span: tracing::Span::current(),
             route,
         }
     }
@@ -170,6 +174,8 @@ impl Stream for Session {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        let span = this.span.clone();
+        let _in_request = span.enter();
         if this.end.is_some() {
             return Poll::Ready(None);
         }
@@ -233,6 +239,7 @@ impl Stream for Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        let _in_request = self.span.enter();
         let reason = match self.end {
             Some(End::Complete) => "complete",
             Some(End::Closed(reason)) => reason.as_str(),

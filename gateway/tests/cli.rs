@@ -872,6 +872,28 @@ fn port_and_config_come_from_the_environment() {
 }
 
 #[test]
+fn a_stream_logs_its_end_with_its_request_id() {
+    let mut cmd = gateway();
+    cmd.env("GATEWAY__SERVER__PORT", "0");
+    let mut process = Process::spawn(cmd);
+    let port = process.port();
+    let mut stream = get(
+        port,
+        "/?format=ndjson",
+        &[("X-Request-Id", "req-logged-7"), ("Connection", "close")],
+    );
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.header("x-request-id"), Some("req-logged-7"));
+    stream.body_to_end();
+    let line = process.wait_for_line("the stream's end", |l| l.contains("Stream ended"));
+    assert!(line.contains("req-logged-7"), "{line}");
+    assert!(
+        line.contains("reason=\"complete\"") || line.contains("reason=complete"),
+        "{line}"
+    );
+}
+
+#[test]
 fn a_port_in_use_fails_with_status_1() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_port = taken.local_addr().expect("local addr").port();
