@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use backends::RequestContext;
 use backends::publish::Publication;
 use serde_json::Value;
+use tower::{Layer, ServiceExt};
 use tracing::Instrument;
 
 use crate::cursor::Cursor;
@@ -45,15 +46,38 @@ const LAST_EVENT_ID_PARAM: &str = "lastEventId";
 pub async fn dispatch(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
     let id = request_id(&request);
     let span = tracing::info_span!("request", request_id = %id);
-    let response = match stream(&gateway, request).instrument(span).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
+    // A route open to other origins answers their preflights, and adds the
+    // CORS headers to its answers (errors included).
+    let cors = gateway
+        .routes
+        .at(request.uri().path())
+        .ok()
+        .and_then(|matched| matched.value.cors.clone());
+    let response = match cors {
+        None => answer(Arc::clone(&gateway), request).instrument(span).await,
+        Some(cors) => {
+            let inner = tower::service_fn(move |request: Request| {
+                let gateway = Arc::clone(&gateway);
+                async move { Ok::<_, std::convert::Infallible>(answer(gateway, request).await) }
+            });
+            match cors.layer(inner).oneshot(request).instrument(span).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
     };
     let mut response = with_vary(response);
     if let Ok(value) = HeaderValue::try_from(id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
+}
+
+async fn answer(gateway: Arc<Gateway>, request: Request) -> Response {
+    match stream(&gateway, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
 }
 
 /// The request's id: the client's or a proxy's (`X-Request-Id`, then
@@ -99,9 +123,10 @@ fn new_request_id() -> String {
 /// `Vary: Accept` on every answer of a stream route, errors included: the
 /// same URL answers differently by `Accept`.
 fn with_vary(mut response: Response) -> Response {
+    // Appended: CORS adds its own `Vary` values.
     response
         .headers_mut()
-        .insert(header::VARY, HeaderValue::from_static("accept"));
+        .append(header::VARY, HeaderValue::from_static("accept"));
     response
 }
 

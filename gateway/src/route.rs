@@ -7,7 +7,11 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use backends::Backend;
 
-use crate::config::{ConfigError, ConfigProblem, Envelope, ErrorPolicy, RouteConfig};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::{
+    ConfigError, ConfigProblem, CorsConfig, Envelope, ErrorPolicy, RouteConfig, RouteMethod,
+};
 use crate::encode::Encoder;
 use crate::negotiate::Format;
 
@@ -44,6 +48,8 @@ pub struct Route {
     pub pass_headers: Vec<HeaderName>,
     /// Headers added to every stream response.
     pub response_headers: HeaderMap,
+    /// Cross-origin access, when the route allows any.
+    pub cors: Option<CorsLayer>,
 }
 
 impl Route {
@@ -125,6 +131,10 @@ impl Route {
             open_timeout: config.open_timeout,
             pass_headers,
             response_headers,
+            cors: config
+                .cors
+                .as_ref()
+                .map(|cors| cors_layer(cors, &config.methods)),
         })
     }
 
@@ -147,4 +157,36 @@ impl Route {
     pub fn encoder(&self, format: Format) -> Encoder {
         Encoder::new(format, self.envelope, self.retry, &self.ndjson_heartbeat)
     }
+}
+
+/// The CORS layer of validated settings. Lists are explicit, never `*`
+/// beside credentials (which tower-http would refuse at run time).
+fn cors_layer(config: &CorsConfig, methods: &[RouteMethod]) -> CorsLayer {
+    let headers = |names: &[String]| -> Vec<HeaderName> {
+        names
+            .iter()
+            .filter_map(|n| HeaderName::try_from(n.as_str()).ok())
+            .collect()
+    };
+    let origins = if config.origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            config
+                .origins
+                .iter()
+                .filter_map(|o| HeaderValue::try_from(o.as_str()).ok()),
+        )
+    };
+    let mut allowed: Vec<Method> = methods.iter().map(|m| m.as_method()).collect();
+    if allowed.contains(&Method::GET) {
+        allowed.push(Method::HEAD);
+    }
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods(allowed)
+        .allow_headers(headers(&config.allow_headers))
+        .expose_headers(headers(&config.expose_headers))
+        .allow_credentials(config.credentials)
+        .max_age(config.max_age)
 }

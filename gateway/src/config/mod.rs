@@ -231,6 +231,93 @@ pub struct RouteConfig {
     /// Default: `{ X-AggregateInfo-Result = "OK" }`, as the reference did.
     #[serde(default = "default_response_headers")]
     pub response_headers: BTreeMap<String, String>,
+    /// Cross-origin access for browsers on other origins. Default: none
+    /// (browsers keep pages of other origins out).
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+}
+
+/// `[routes.NAME.cors]`: which other origins' pages may read the route.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// The origins allowed (`https://app.example.com`), or `["*"]` for any
+    /// (not with `credentials`). Required.
+    pub origins: Vec<String>,
+    /// Whether pages may send cookies and credentials (`EventSource`'s
+    /// `withCredentials`). Default: `false`.
+    #[serde(default)]
+    pub credentials: bool,
+    /// Request headers pages may send. Default: `Accept`, `Content-Type`,
+    /// `Last-Event-ID`, `Authorization`.
+    #[serde(default = "default_cors_allow_headers")]
+    pub allow_headers: Vec<String>,
+    /// Response headers pages may read. Default: `X-Request-Host`,
+    /// `X-Request-Id`.
+    #[serde(default = "default_cors_expose_headers")]
+    pub expose_headers: Vec<String>,
+    /// How long browsers may keep a preflight's answer. Default: `10m`.
+    #[serde(default = "default_cors_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl CorsConfig {
+    /// Every problem, keys relative to the `cors` table.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let any = self.origins.iter().any(|o| o == "*");
+        if self.origins.is_empty() {
+            problems.push((
+                "origins".into(),
+                "name at least one origin, or \"*\"".into(),
+            ));
+        }
+        if any && self.origins.len() > 1 {
+            problems.push(("origins".into(), "\"*\" stands alone".into()));
+        }
+        if any && self.credentials {
+            problems.push((
+                "credentials".into(),
+                "browsers refuse credentials with any origin (\"*\"): name the origins".into(),
+            ));
+        }
+        for origin in self.origins.iter().filter(|o| *o != "*") {
+            let plain = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.ends_with('/')
+                && HeaderValue::try_from(origin.as_str()).is_ok();
+            if !plain {
+                problems.push((
+                    "origins".into(),
+                    format!("{origin:?} is not an origin (scheme://host[:port], no path)"),
+                ));
+            }
+        }
+        for (field, names) in [
+            ("allow_headers", &self.allow_headers),
+            ("expose_headers", &self.expose_headers),
+        ] {
+            for name in names {
+                if name == "*" || HeaderName::try_from(name.as_str()).is_err() {
+                    problems.push((field.into(), format!("{name:?} is not a header name")));
+                }
+            }
+        }
+        problems
+    }
+}
+
+fn default_cors_allow_headers() -> Vec<String> {
+    ["accept", "content-type", "last-event-id", "authorization"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_cors_expose_headers() -> Vec<String> {
+    ["x-request-host", "x-request-id"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_cors_max_age() -> Duration {
+    Duration::from_secs(600)
 }
 
 impl RouteConfig {
@@ -250,6 +337,7 @@ impl RouteConfig {
             open_timeout: default_open_timeout(),
             pass_headers: Vec::new(),
             response_headers: default_response_headers(),
+            cors: None,
         }
     }
 }
@@ -522,6 +610,13 @@ impl RouteConfig {
         }
         if let Err(reason) = check_heartbeat_line(&self.ndjson_heartbeat) {
             problems.push(("ndjson_heartbeat".into(), reason));
+        }
+        if let Some(cors) = &self.cors {
+            problems.extend(
+                cors.validate()
+                    .into_iter()
+                    .map(|(field, reason)| (format!("cors.{field}"), reason)),
+            );
         }
         for header in &self.pass_headers {
             if HeaderName::try_from(header.as_str()).is_err() {
