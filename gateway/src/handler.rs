@@ -44,7 +44,7 @@ const LAST_EVENT_ID_PARAM: &str = "lastEventId";
 /// request id (`X-Request-Id`), and every log line of the request, its
 /// stream's included, carries it.
 pub async fn dispatch(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
-    let id = request_id(&request);
+    let id = request_id(&gateway, &request);
     let span = tracing::info_span!("request", request_id = %id);
     // A route open to other origins answers their preflights, and adds the
     // CORS headers to its answers (errors included).
@@ -81,9 +81,10 @@ async fn answer(gateway: Arc<Gateway>, request: Request) -> Response {
 }
 
 /// The request's id: the client's or a proxy's (`X-Request-Id`, then
-/// CloudFront's `X-Amz-Cf-Id`), Lambda's invocation id in native mode, or a
-/// new one. A given id is used when it is 1 to 128 visible ASCII characters.
-fn request_id(request: &Request) -> String {
+/// CloudFront's `X-Amz-Cf-Id`), the Lambda invocation's (native mode, or the
+/// adapter's context inside Lambda), or a new one. A given id is used when
+/// it is 1 to 128 visible ASCII characters.
+fn request_id(gateway: &Gateway, request: &Request) -> String {
     let given = |name: &HeaderName| {
         request
             .headers()
@@ -95,11 +96,9 @@ fn request_id(request: &Request) -> String {
     given(&REQUEST_ID)
         .or_else(|| given(&CLOUDFRONT_ID))
         .or_else(|| {
-            request
-                .extensions()
-                .get::<lambda_http::Context>()
-                .map(|context| context.request_id.clone())
-                .filter(|id| !id.is_empty())
+            gateway
+                .deadlines
+                .request_id(request.headers(), request.extensions())
         })
         .unwrap_or_else(new_request_id)
 }

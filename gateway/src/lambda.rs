@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::HeaderName;
 use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap, HeaderName};
 
 use crate::config::{LambdaConfig, LambdaMode};
 use crate::server::{Gateway, app, until_shutdown};
@@ -128,19 +128,38 @@ impl Deadlines {
         }
     }
 
+    /// The invocation a request belongs to: the native runtime's context,
+    /// or, inside Lambda, the adapter's copy of it (`x-amzn-lambda-context`).
+    fn invocation(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<Invocation> {
+        if let Some(context) = extensions.get::<lambda_http::Context>() {
+            return Some(Invocation {
+                request_id: context.request_id.clone(),
+                deadline: context.deadline,
+            });
+        }
+        let header = headers
+            .get(CONTEXT_HEADER)
+            .filter(|_| self.trust_context_header)?;
+        serde_json::from_slice(header.as_bytes()).ok()
+    }
+
+    /// The Lambda invocation's id, when the request is one's.
+    pub(crate) fn request_id(
+        &self,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Option<String> {
+        self.invocation(headers, extensions)
+            .map(|invocation| invocation.request_id)
+            .filter(|id| !id.is_empty())
+    }
+
     /// How long a stream opened now for `request` may live, when an
     /// invocation limits it: the margin before the earliest known deadline.
     pub(crate) fn remaining(&self, request: &Parts) -> Option<Duration> {
-        let invocation = request
-            .extensions
-            .get::<lambda_http::Context>()
-            .map(|context| context.deadline)
-            .or_else(|| {
-                self.trust_context_header
-                    .then(|| request.headers.get(CONTEXT_HEADER))
-                    .flatten()
-                    .and_then(|v| context_deadline(v.as_bytes()))
-            })
+        let invocation = self
+            .invocation(&request.headers, &request.extensions)
+            .map(|invocation| invocation.deadline)
             .filter(|&deadline| deadline > 0)
             .map(|deadline| Duration::from_millis(deadline.saturating_sub(now_millis())));
         let limit = match (invocation, self.function_timeout) {
@@ -151,16 +170,14 @@ impl Deadlines {
     }
 }
 
-/// The `deadline` (milliseconds since the epoch) of the adapter's JSON copy
-/// of the invocation context.
-fn context_deadline(json: &[u8]) -> Option<u64> {
-    #[derive(serde::Deserialize)]
-    struct Context {
-        deadline: u64,
-    }
-    serde_json::from_slice::<Context>(json)
-        .ok()
-        .map(|c| c.deadline)
+/// What the gateway reads of a Lambda invocation's context (the adapter
+/// sends it as JSON).
+#[derive(serde::Deserialize)]
+struct Invocation {
+    #[serde(default)]
+    request_id: String,
+    /// Milliseconds since the epoch.
+    deadline: u64,
 }
 
 fn now_millis() -> u64 {

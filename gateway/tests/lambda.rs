@@ -256,6 +256,7 @@ async fn the_reference_stream_arrives_event_by_event_with_its_headers() {
         assert_eq!(header(&response, "content-type"), "application/x-ndjson");
         assert_eq!(header(&response, "x-aggregateinfo-result"), "OK");
         assert_eq!(header(&response, "x-request-host"), "stream.example.com");
+        let request_id = header(&response, "x-request-id").to_string();
         let lines = timed_lines(response).await;
         let events: Vec<Value> = lines
             .iter()
@@ -272,6 +273,10 @@ async fn the_reference_stream_arrives_event_by_event_with_its_headers() {
         let record = function.last_record().await;
         assert_eq!(record.mode.as_deref(), Some("streaming"), "{mode:?}");
         assert!(record.completed, "{mode:?}: {record:?}");
+        assert_eq!(
+            request_id, record.id,
+            "{mode:?}: the invocation's id names the request"
+        );
     }
 }
 

@@ -42,6 +42,8 @@ const FUNCTION_ARN: &str = "arn:aws:lambda:us-east-1:123456789012:function:gatew
 /// How the runtime answered one invocation.
 #[derive(Clone, Debug, Default)]
 pub struct Record {
+    /// The invocation's request id.
+    pub id: String,
     /// `Some("streaming")` for a streamed response, `None` for buffered.
     pub mode: Option<String>,
     /// The response body reached its end without error.
@@ -228,11 +230,13 @@ async fn function_url(State(state): State<Arc<Shared>>, request: Request) -> Res
             body: body_tx,
         },
     );
-    state
-        .records
-        .lock()
-        .expect("records lock")
-        .insert(id.clone(), Record::default());
+    state.records.lock().expect("records lock").insert(
+        id.clone(),
+        Record {
+            id: id.clone(),
+            ..Record::default()
+        },
+    );
     if state.queue.send((id, event)).is_err() {
         return lambda_error(StatusCode::INTERNAL_SERVER_ERROR, "emulator stopped");
     }
