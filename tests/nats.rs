@@ -19,7 +19,9 @@ use backends::nats::{Nats, NatsConfig};
 use bytes::Bytes;
 use futures::StreamExt;
 use gateway::config::{RouteConfig, ServerConfig};
-use gateway_tests::{TestServer, client, ndjson_lines};
+use gateway_tests::{
+    TestServer, client, ndjson_lines, numbers as ns, read_numbered, take_events, within_for,
+};
 use serde_json::{Value, json};
 
 const BOUND: Duration = Duration::from_secs(10);
@@ -27,12 +29,6 @@ const BOUND: Duration = Duration::from_secs(10);
 /// reconnection, the stream's recovery.
 const RESTART_BOUND: Duration = Duration::from_secs(30);
 const NATS: &str = "nats://127.0.0.1:4222";
-
-async fn within_for<T>(bound: Duration, what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(bound, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen within {bound:?}"))
-}
 
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     within_for(BOUND, what, future).await
@@ -197,33 +193,7 @@ async fn take(
     lines: &mut (impl futures::Stream<Item = String> + Unpin),
     count: usize,
 ) -> Vec<Value> {
-    take_within(BOUND, lines, count).await
-}
-
-async fn take_within(
-    bound: Duration,
-    lines: &mut (impl futures::Stream<Item = String> + Unpin),
-    count: usize,
-) -> Vec<Value> {
-    let mut got = Vec::new();
-    while got.len() < count {
-        let line = within_for(bound, "the next event", lines.next())
-            .await
-            .expect("the stream goes on");
-        let value: Value = serde_json::from_str(&line).expect("JSON line");
-        if value["event"] == "gateway.heartbeat" {
-            continue;
-        }
-        got.push(value);
-    }
-    got
-}
-
-fn ns(events: &[Value]) -> Vec<u64> {
-    events
-        .iter()
-        .map(|e| e["n"].as_u64().unwrap_or(u64::MAX))
-        .collect()
+    take_events(lines, count, BOUND).await
 }
 
 #[tokio::test]
@@ -514,17 +484,7 @@ async fn a_slow_client_does_not_hold_back_a_fast_one_and_learns_where_to_resume(
     within("the publisher", publisher).await.expect("published");
     // The slow one now reads: some events, then the lagged error naming
     // the id to resume from, then the end.
-    let mut lines = ndjson_lines(slow);
-    let mut seen = Vec::new();
-    let mut lagged = None;
-    while let Some(line) = within("the slow stream", lines.next()).await {
-        let value: Value = serde_json::from_str(&line).expect("JSON line");
-        if value["event"] == "gateway.error" {
-            lagged = Some(value);
-        } else if value.get("n").is_some() {
-            seen.push(value["n"].as_u64().expect("n"));
-        }
-    }
+    let (mut seen, lagged) = read_numbered(&mut ndjson_lines(slow), BOUND).await;
     let lagged = lagged.expect("a lagged error event");
     assert_eq!(lagged["kind"], "lagged", "{lagged}");
     assert!((seen.len() as u64) < total, "the slow client was cut short");
@@ -714,7 +674,7 @@ async fn after_a_broker_restart_clients_get_what_follows_nothing_lost_or_repeate
     let after = publish(&broker.url(), &subject, 2..5).await;
     assert_eq!(after[0], before[1] + 1, "the stream kept its sequences");
     for lines in [&mut first, &mut second] {
-        let got = take_within(RESTART_BOUND, lines, 3).await;
+        let got = take_events(lines, 3, RESTART_BOUND).await;
         assert_eq!(ns(&got), [2, 3, 4]);
     }
     // And what follows goes on, still once each.
@@ -755,7 +715,7 @@ async fn a_stream_created_again_is_followed_and_announced() {
     // Published until the reader has caught on (it retries with backoff).
     let seqs = publish(NATS, &subject, 5..7).await;
     assert_eq!(seqs, [1, 2], "the new stream numbers from 1");
-    let got = take_within(RESTART_BOUND, &mut lines, 3).await;
+    let got = take_events(&mut lines, 3, RESTART_BOUND).await;
     assert_eq!(got[0]["event"], "gateway.error", "{got:?}");
     assert_eq!(got[0]["kind"], "lagged");
     assert_eq!(ns(&got[1..]), [5, 6]);

@@ -14,7 +14,7 @@ use backends::Backend;
 use backends::redis::{Redis, RedisConfig};
 use futures::StreamExt;
 use gateway::config::ServerConfig;
-use gateway_tests::{TestServer, client, ndjson_lines};
+use gateway_tests::{TestServer, client, ndjson_lines, numbers as ns, read_numbered, take_events};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 
@@ -91,25 +91,7 @@ async fn take(
     lines: &mut (impl futures::Stream<Item = String> + Unpin),
     count: usize,
 ) -> Vec<Value> {
-    let mut got = Vec::new();
-    while got.len() < count {
-        let line = within("the next event", lines.next())
-            .await
-            .expect("the stream goes on");
-        let value: Value = serde_json::from_str(&line).expect("JSON line");
-        if value["event"] == "gateway.heartbeat" {
-            continue;
-        }
-        got.push(value);
-    }
-    got
-}
-
-fn ns(events: &[Value]) -> Vec<u64> {
-    events
-        .iter()
-        .map(|e| e["n"].as_u64().unwrap_or(u64::MAX))
-        .collect()
+    take_events(lines, count, BOUND).await
 }
 
 #[tokio::test]
@@ -245,17 +227,7 @@ async fn a_slow_client_does_not_hold_back_a_fast_one_and_learns_where_to_resume(
     within("the publisher", publisher).await.expect("published");
     // The slow one now reads: some events, then the lagged error naming
     // the id to resume from, then the end.
-    let mut lines = ndjson_lines(slow);
-    let mut seen = Vec::new();
-    let mut lagged = None;
-    while let Some(line) = within("the slow stream", lines.next()).await {
-        let value: Value = serde_json::from_str(&line).expect("JSON line");
-        if value["event"] == "gateway.error" {
-            lagged = Some(value);
-        } else if value.get("n").is_some() {
-            seen.push(value["n"].as_u64().expect("n"));
-        }
-    }
+    let (mut seen, lagged) = read_numbered(&mut ndjson_lines(slow), BOUND).await;
     let lagged = lagged.expect("a lagged error event");
     assert_eq!(lagged["kind"], "lagged", "{lagged}");
     assert!((seen.len() as u64) < total, "the slow client was cut short");

@@ -213,3 +213,62 @@ fn echo_event(e: &Value) -> Event {
     }
     event
 }
+
+/// Waits for `future` at most `bound`, failing with what did not happen.
+pub async fn within_for<T>(
+    bound: std::time::Duration,
+    what: &str,
+    future: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::time::timeout(bound, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within {bound:?}"))
+}
+
+/// The next `count` events of an NDJSON stream, as JSON, heartbeats skipped;
+/// each within `bound`.
+pub async fn take_events(
+    lines: &mut (impl futures::Stream<Item = String> + Unpin),
+    count: usize,
+    bound: std::time::Duration,
+) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let line = within_for(bound, "the next event", lines.next())
+            .await
+            .expect("the stream goes on");
+        let value: Value = serde_json::from_str(&line).expect("JSON line");
+        if value["event"] == "gateway.heartbeat" {
+            continue;
+        }
+        got.push(value);
+    }
+    got
+}
+
+/// The `n` of each `{"n": …}` event (`u64::MAX` for any other event).
+pub fn numbers(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e["n"].as_u64().unwrap_or(u64::MAX))
+        .collect()
+}
+
+/// An NDJSON stream read to its end, each line within `bound`: the `n` of
+/// its `{"n": …}` events in order, and its last `gateway.error` event.
+pub async fn read_numbered(
+    lines: &mut (impl futures::Stream<Item = String> + Unpin),
+    bound: std::time::Duration,
+) -> (Vec<u64>, Option<Value>) {
+    let mut seen = Vec::new();
+    let mut error = None;
+    while let Some(line) = within_for(bound, "the stream's next line", lines.next()).await {
+        let value: Value = serde_json::from_str(&line).expect("JSON line");
+        if value["event"] == "gateway.error" {
+            error = Some(value);
+        } else if value.get("n").is_some() {
+            seen.push(value["n"].as_u64().expect("`n` is a number"));
+        }
+    }
+    (seen, error)
+}
