@@ -78,17 +78,22 @@ impl Function {
         let mut adapter = None;
         if mode == Mode::Adapter {
             vars.extend(dockerfile_env());
-            let port = free_port().to_string();
+            // The gateway picks a free port itself and the adapter is told
+            // it: a port chosen here and released could be taken by another
+            // socket before the gateway binds it.
             vars.push(("GATEWAY__SERVER__HOST".into(), "127.0.0.1".into()));
-            vars.push(("GATEWAY__SERVER__PORT".into(), port.clone()));
-            vars.push(("AWS_LWA_PORT".into(), port));
+            vars.push(("GATEWAY__SERVER__PORT".into(), "0".into()));
         }
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
 
-        let gateway = process(env!("CARGO_BIN_EXE_gateway"), &vars)
-            .spawn()
-            .expect("start the gateway");
+        let mut gateway = process(env!("CARGO_BIN_EXE_gateway"), &vars);
         if mode == Mode::Adapter {
+            gateway.stderr(Stdio::piped());
+        }
+        let mut gateway = gateway.spawn().expect("start the gateway");
+        if mode == Mode::Adapter {
+            let port = listening_port(&mut gateway).await;
+            vars.push(("AWS_LWA_PORT".into(), port.to_string()));
             // Lambda starts the extension beside the function's process.
             adapter = Some(
                 process(&adapter_binary(), &vars)
@@ -200,11 +205,44 @@ fn adapter_binary() -> String {
         )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// The port from the gateway's `Listening on http://127.0.0.1:PORT/` log
+/// line (on stderr, piped). The rest of its log keeps being read, and shown
+/// with `TEST_LOGS=1`.
+async fn listening_port(gateway: &mut Child) -> u16 {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    const PREFIX: &str = "Listening on http://";
+    let stderr = gateway
+        .stderr
+        .take()
+        .expect("the gateway's stderr is piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    let port = within(async {
+        while let Some(line) = lines.next_line().await.expect("read the gateway's log") {
+            if let Some(at) = line.find(PREFIX) {
+                let addr = line[at + PREFIX.len()..].split('/').next().unwrap_or("");
+                let addr: std::net::SocketAddr = addr
+                    .parse()
+                    .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+                return addr.port();
+            }
+            seen.push(line);
+        }
+        panic!(
+            "the gateway exited before listening; its log:\n{}",
+            seen.join("\n")
+        );
+    })
+    .await;
+    let show = std::env::var_os("TEST_LOGS").is_some();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if show {
+                eprintln!("{line}");
+            }
+        }
+    });
+    port
 }
 
 async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
@@ -414,7 +452,7 @@ async fn each_mode_registers_an_extension_so_lambda_sends_sigterm() {
         let function = Function::start(mode, TIMEOUT, &[]).await;
         within(function.client.get(function.url("/nowhere")).send())
             .await
-            .expect("request");
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
         assert_eq!(function.emulator.extensions(), [extension], "{mode:?}");
     }
 }
