@@ -67,6 +67,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lines::{Lines, Piece};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -1230,112 +1231,6 @@ fn text_piece(piece: Piece<'_>, out: &mut Vec<Item>) {
             out.push(Item::Event(Event::new(Data::text(text.as_ref())), None));
         }
         Piece::TooLong(max) => out.push(Item::Error(too_long(max, "a line"))),
-    }
-}
-
-/// What the line splitter finds.
-#[derive(Debug)]
-enum Piece<'a> {
-    /// A complete line, without its line break.
-    Line(&'a [u8]),
-    /// A line longer than the limit (given) was skipped.
-    TooLong(usize),
-}
-
-/// Splits bytes into lines, holding at most `max` bytes of an unfinished
-/// line: a longer line is reported once and skipped up to its end.
-#[derive(Debug)]
-struct Lines {
-    pending: Vec<u8>,
-    max: usize,
-    /// SSE: a lone CR ends a line too (else only LF does, and a CR before
-    /// it is removed).
-    cr_ends_line: bool,
-    /// The last line ended with CR: an LF right after belongs to it.
-    after_cr: bool,
-    /// The current line is over `max`: skipped to its end.
-    skipping: bool,
-    /// No line yet: a byte order mark at the start is dropped.
-    first: bool,
-}
-
-const BOM: &[u8] = b"\xEF\xBB\xBF";
-
-impl Lines {
-    fn new(max: usize, cr_ends_line: bool) -> Self {
-        Self {
-            pending: Vec::new(),
-            max,
-            cr_ends_line,
-            after_cr: false,
-            skipping: false,
-            first: true,
-        }
-    }
-
-    fn feed(&mut self, chunk: &[u8], emit: &mut dyn FnMut(Piece<'_>)) {
-        let mut rest = chunk;
-        while !rest.is_empty() {
-            if std::mem::take(&mut self.after_cr) && rest[0] == b'\n' {
-                rest = &rest[1..];
-                continue;
-            }
-            let cr = self.cr_ends_line;
-            let Some(end) = rest.iter().position(|&b| b == b'\n' || (cr && b == b'\r')) else {
-                if !self.skipping {
-                    if self.pending.len() + rest.len() > self.max {
-                        self.skipping = true;
-                        self.pending = Vec::new();
-                        emit(Piece::TooLong(self.max));
-                    } else {
-                        self.pending.extend_from_slice(rest);
-                    }
-                }
-                return;
-            };
-            self.after_cr = rest[end] == b'\r';
-            let part = &rest[..end];
-            rest = &rest[end + 1..];
-            if std::mem::take(&mut self.skipping) {
-                continue;
-            }
-            if self.pending.len() + part.len() > self.max {
-                self.pending.clear();
-                emit(Piece::TooLong(self.max));
-                continue;
-            }
-            if self.pending.is_empty() {
-                let line = self.clean(part);
-                emit(Piece::Line(line));
-            } else {
-                let mut line = std::mem::take(&mut self.pending);
-                line.extend_from_slice(part);
-                emit(Piece::Line(self.clean(&line)));
-                line.clear();
-                self.pending = line;
-            }
-        }
-    }
-
-    /// Drops a BOM before the first line, and the CR of a CRLF.
-    fn clean<'a>(&mut self, line: &'a [u8]) -> &'a [u8] {
-        let mut line = line;
-        if std::mem::take(&mut self.first) {
-            line = line.strip_prefix(BOM).unwrap_or(line);
-        }
-        if !self.cr_ends_line {
-            line = line.strip_suffix(b"\r").unwrap_or(line);
-        }
-        line
-    }
-
-    /// What is left at the end of the body: a last line without a line break.
-    fn finish(&mut self) -> Option<Vec<u8>> {
-        let pending = std::mem::take(&mut self.pending);
-        if self.skipping || pending.is_empty() {
-            return None;
-        }
-        Some(self.clean(&pending).to_vec())
     }
 }
 

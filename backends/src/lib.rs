@@ -32,6 +32,7 @@ pub mod env;
 pub mod error;
 pub mod event;
 pub mod http;
+pub mod lines;
 pub mod nats;
 pub mod publish;
 pub mod redis;
