@@ -2,6 +2,7 @@
 //! It only wires the library's parts together.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use clap::{Parser, Subcommand};
 use gateway::Gateway;
 use gateway::config::{self, GatewayConfig, LogFormat, Source};
 use gateway::lambda::{self, Serving};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 /// Streams events from configured backends as NDJSON or Server-Sent Events.
 #[derive(Debug, Parser)]
@@ -118,14 +119,62 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("Lambda runtime: {e}"));
     }
-    let addr = (config.server.host, config.server.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {}:{}", addr.0, addr.1))?;
+    let addr = SocketAddr::new(config.server.host, config.server.port);
+    let listener = listen(addr, config.server.reuse_port)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    check_open_files(config.server.max_streams);
     let local = listener.local_addr()?;
     tracing::info!(address = %local, routes = config.routes.len(), "Listening on http://{local}/");
     gateway::serve(listener, gateway).await?;
     Ok(())
+}
+
+/// Connections waiting to be accepted: a burst of thousands of clients at
+/// once must not overflow it (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(reuse_port)?;
+    #[cfg(not(unix))]
+    if reuse_port {
+        tracing::warn!("server.reuse_port is not supported on this platform");
+    }
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Every stream holds an open file: the soft limit is raised to the hard
+/// one, and a `max_streams` that does not fit is worth a warning (past the
+/// limit, new connections wait until others close).
+fn check_open_files(max_streams: usize) {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut limit = getrlimit(Resource::Nofile);
+        if let Some(hard) = limit.maximum {
+            limit.current = Some(hard);
+            if let Err(error) = setrlimit(Resource::Nofile, limit) {
+                tracing::debug!(%error, "Could not raise the open-file limit");
+            }
+        }
+        let open_files = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+        // Listener, logs, backend connections: some room besides streams.
+        if (max_streams as u64).saturating_add(64) > open_files {
+            tracing::warn!(
+                open_files,
+                max_streams,
+                "server.max_streams does not fit in the open-file limit: connections past it wait (raise the hard limit or use reuse_port with more processes)"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = max_streams;
 }
 
 /// SIGTERM (Lambda, containers) or SIGINT (Ctrl-C).

@@ -92,6 +92,11 @@ pub struct ServerConfig {
     /// `Authorization` with its own signature, clients' credentials travel in
     /// `X-Client-Authorization`. Default: none (headers are left as they are).
     pub authorization_source: Option<String>,
+    /// Let several gateway processes listen on the same port
+    /// (`SO_REUSEPORT`); the kernel spreads new connections over them. Use it
+    /// to go past one process's open-file limit on one machine. Default:
+    /// `false`.
+    pub reuse_port: bool,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +110,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_millis(200),
             log_format: LogFormat::Plain,
             authorization_source: None,
+            reuse_port: false,
         }
     }
 }

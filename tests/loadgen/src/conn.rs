@@ -206,15 +206,17 @@ async fn stream(
         };
         let mut s = stats.borrow_mut();
         s.body_bytes += data.len() as u64;
+        let now_us = micros_since_epoch();
         let mut on_event = |event: Parsed<'_>| {
             received += 1;
             s.events += 1;
+            s.arrived(now_us);
             if received == 1 {
                 s.ttfe.record(started.elapsed().as_micros() as u64);
             }
             if let Some(field) = &plan.ts_field {
                 if let Some(ts) = parse::field_u64(event.data, field) {
-                    s.latency.record(micros_since_epoch().saturating_sub(ts));
+                    s.latency.record(now_us.saturating_sub(ts));
                 }
             }
             let seq = plan

@@ -107,9 +107,19 @@ pub struct Stats {
     pub published: u64,
     pub publish_errors: BTreeMap<String, u64>,
     pub publish_rtt: Micros,
+    /// When the first and the last event arrived (µs since the Unix epoch):
+    /// the window over which deliveries per second are counted.
+    pub first_event_us: Option<u64>,
+    pub last_event_us: Option<u64>,
 }
 
 impl Stats {
+    /// Notes that an event arrived at `now_us`.
+    pub fn arrived(&mut self, now_us: u64) {
+        self.first_event_us = Some(self.first_event_us.map_or(now_us, |t| t.min(now_us)));
+        self.last_event_us = Some(self.last_event_us.map_or(now_us, |t| t.max(now_us)));
+    }
+
     pub fn error(&mut self, kind: impl Into<String>) {
         *self.errors.entry(kind.into()).or_default() += 1;
     }
@@ -136,6 +146,12 @@ impl Stats {
             *self.publish_errors.entry(k.clone()).or_default() += v;
         }
         self.publish_rtt.merge(&other.publish_rtt);
+        if let Some(t) = other.first_event_us {
+            self.arrived(t);
+        }
+        if let Some(t) = other.last_event_us {
+            self.arrived(t);
+        }
     }
 
     pub fn error_count(&self) -> u64 {
@@ -165,6 +181,8 @@ impl From<&Stats> for Partial {
             ("missing", s.missing),
             ("duplicates", s.duplicates),
             ("published", s.published),
+            ("first_event_us", s.first_event_us.unwrap_or(0)),
+            ("last_event_us", s.last_event_us.unwrap_or(0)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -208,6 +226,8 @@ impl From<&Partial> for Stats {
             missing: c("missing"),
             duplicates: c("duplicates"),
             published: c("published"),
+            first_event_us: Some(c("first_event_us")).filter(|t| *t > 0),
+            last_event_us: Some(c("last_event_us")).filter(|t| *t > 0),
             errors: p.errors.clone(),
             publish_errors: p.publish_errors.clone(),
             ttfb: h("ttfb"),
@@ -230,6 +250,10 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub events: u64,
     pub events_per_second: f64,
+    /// From the first event's arrival to the last one's.
+    pub event_window_seconds: f64,
+    /// Events over that window: deliveries per second while events flowed.
+    pub events_per_second_in_window: f64,
     pub body_bytes: u64,
     pub heartbeats: u64,
     pub gaps: u64,
@@ -246,6 +270,10 @@ pub struct Report {
 
 impl Report {
     pub fn new(stats: &Stats, settings: serde_json::Value, wall_seconds: f64) -> Self {
+        let window = match (stats.first_event_us, stats.last_event_us) {
+            (Some(first), Some(last)) => (last - first) as f64 / 1e6,
+            _ => 0.0,
+        };
         Self {
             settings,
             wall_seconds,
@@ -256,6 +284,12 @@ impl Report {
             events: stats.events,
             events_per_second: if wall_seconds > 0.0 {
                 stats.events as f64 / wall_seconds
+            } else {
+                0.0
+            },
+            event_window_seconds: window,
+            events_per_second_in_window: if window > 0.0 {
+                stats.events as f64 / window
             } else {
                 0.0
             },
@@ -292,7 +326,8 @@ impl Report {
         };
         let mut out = format!(
             "connections {}: {} completed, {} closed by the client, {} errors {:?}\n\
-             events {} ({:.0}/s over {:.2} s), {} body bytes, {} heartbeats\n\
+             events {} ({:.0}/s over {:.2} s; {:.0}/s over the {:.2} s they flowed), \
+             {} body bytes, {} heartbeats\n\
              sequence: {} gaps ({} missing), {} duplicates\n",
             self.connections,
             self.completed,
@@ -302,6 +337,8 @@ impl Report {
             self.events,
             self.events_per_second,
             self.wall_seconds,
+            self.events_per_second_in_window,
+            self.event_window_seconds,
             self.body_bytes,
             self.heartbeats,
             self.gaps,

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Scenario 2, idle streams held: CONNECTIONS (19,000) SSE streams held for
+# HOLD (60 s, four heartbeats) by one gateway process; its RSS per connection
+# and CPU at rest. Then the same total over GATEWAYS (4) processes sharing the
+# port with SO_REUSEPORT, with TOTAL (19,000 × GATEWAYS / 2) connections.
+source "$(dirname "$0")/lib.sh"
+CONNECTIONS="${CONNECTIONS:-19000}"
+HOLD="${HOLD:-60s}"
+GATEWAYS="${GATEWAYS:-4}"
+TOTAL="${TOTAL:-$((19000 * GATEWAYS / 2))}"
+build
+start_gateway "$BENCH_DIR/configs/idle.toml"
+"$LOADGEN" "http://$GATEWAY_ADDR/idle" -c "$CONNECTIONS" --rate 4000 --processes 2 --sources 8 \
+  --hold "$HOLD" --idle-timeout 40s --watch-pid "$GATEWAY_PID" --report "$RESULTS/idle.json"
+kill "$GATEWAY_PID"
+wait "$GATEWAY_PID" 2>/dev/null || true
+
+# The same port, several processes.
+start_gateway "$BENCH_DIR/configs/idle.toml"
+port="${GATEWAY_ADDR##*:}"
+watch=(--watch-pid "$GATEWAY_PID")
+for _ in $(seq 2 "$GATEWAYS"); do
+  GATEWAY_PORT="$port" start_gateway "$BENCH_DIR/configs/idle.toml"
+  watch+=(--watch-pid "$GATEWAY_PID")
+done
+processes=$(( (TOTAL + 9499) / 9500 ))
+"$LOADGEN" "http://127.0.0.1:$port/idle" -c "$TOTAL" --rate 4000 --processes "$processes" --sources 16 \
+  --hold "$HOLD" --idle-timeout 40s "${watch[@]}" --report "$RESULTS/idle-reuseport.json"
