@@ -144,16 +144,34 @@ fn route(name: &str, config: &RouteConfig, backends: Vec<(&str, Arc<dyn Backend>
 #[derive(Debug)]
 struct Recording {
     inner: Arc<dyn Backend>,
-    opened: Arc<Mutex<Vec<Option<String>>>>,
+    opened: Opened,
+}
+
+/// The ids a [`Recording`] was opened with, and a wake-up on each open.
+type Opened = Arc<(Mutex<Vec<Option<String>>>, tokio::sync::Notify)>;
+
+/// What `opened` holds once it holds at least `count` opens (bounded).
+async fn opened_at_least(opened: &Opened, count: usize) -> Vec<Option<String>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = opened.0.lock().expect("lock").clone();
+        if now.len() >= count {
+            return now;
+        }
+        // notify_one keeps a permit: an open between the check and the
+        // wait is not missed.
+        tokio::time::timeout_at(deadline, opened.1.notified())
+            .await
+            .unwrap_or_else(|_| panic!("{count} opens did not happen; only {now:?}"));
+    }
 }
 
 #[async_trait]
 impl Backend for Recording {
     async fn open(&self, ctx: &RequestContext) -> Result<EventStream, BackendError> {
-        self.opened
-            .lock()
-            .expect("lock")
-            .push(ctx.last_event_id.clone());
+        let (ids, opens) = &*self.opened;
+        ids.lock().expect("lock").push(ctx.last_event_id.clone());
+        opens.notify_one();
         self.inner.open(ctx).await
     }
 }
@@ -173,7 +191,7 @@ async fn eventsource_resumes_exactly_across_lifetime_ends_and_a_restart() {
     let mut options = RouteConfig::new("/s/{room}");
     options.retry = Duration::from_millis(200);
     options.max_lifetime = Duration::from_millis(1000);
-    let instance = |opened: &Arc<Mutex<Vec<Option<String>>>>| {
+    let instance = |opened: &Opened| {
         let redis = Redis::new(RedisConfig {
             url: REDIS.into(),
             stream: format!("{prefix}:{{room}}"),
@@ -186,7 +204,7 @@ async fn eventsource_resumes_exactly_across_lifetime_ends_and_a_restart() {
         };
         route("rooms", &options, vec![("bus", Arc::new(recording))])
     };
-    let (on_first, on_second) = (Arc::default(), Arc::default());
+    let (on_first, on_second): (Opened, Opened) = (Arc::default(), Arc::default());
     let (listener, addr) = loopback().await;
     let first = Running::start(listener, vec![instance(&on_first)]);
 
@@ -232,7 +250,10 @@ async fn eventsource_resumes_exactly_across_lifetime_ends_and_a_restart() {
         ids.push(publish(n).await);
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    // The gateway goes away; these ten are published while no gateway runs.
+    // Once the browser is back after the first lifetime end, the gateway
+    // goes away (that stream ends with `shutdown`); these ten are published
+    // while no gateway runs.
+    opened_at_least(&on_first, 2).await;
     first.stop().await;
     for n in 30..40 {
         ids.push(publish(n).await);
@@ -281,8 +302,8 @@ async fn eventsource_resumes_exactly_across_lifetime_ends_and_a_restart() {
     // an id it had sent, and the restarted gateway's first open the id of
     // an event from before the restart (so events 30..40 came from Redis
     // by that id, not live).
-    let on_first = on_first.lock().unwrap().clone();
-    let on_second = on_second.lock().unwrap().clone();
+    let on_first = opened_at_least(&on_first, 2).await;
+    let on_second = opened_at_least(&on_second, 1).await;
     assert_eq!(on_first.first(), Some(&None), "{on_first:?}");
     assert!(
         on_first.len() >= 2,
