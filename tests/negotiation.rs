@@ -1,5 +1,5 @@
-//! `Accept` and `?format=` over real HTTP: the format chosen, the 406, and
-//! `Vary: Accept` on every answer.
+//! `Accept` and `?format=` over real HTTP: the format chosen, the viewer
+//! page for browsers, the 406, and `Vary: Accept` on every answer.
 
 use gateway_tests::{TestServer, client};
 use serde_json::Value;
@@ -10,6 +10,7 @@ async fn accept_matrix() {
     let http = client();
     let ndjson = Some("application/x-ndjson");
     let sse = Some("text/event-stream");
+    let page = Some("text/html; charset=utf-8");
     let cases: &[(&[&str], &str, Option<&str>)] = &[
         (&[], "", ndjson),
         (&["*/*"], "", ndjson),
@@ -19,9 +20,15 @@ async fn accept_matrix() {
         (&["text/event-stream"], "", sse),
         (&["text/event-stream;charset=utf-8"], "", sse),
         (&["text/*"], "", sse),
+        // A browser navigating to the route gets the viewer page.
         (
             &["text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"],
             "",
+            page,
+        ),
+        (
+            &["text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"],
+            "?format=ndjson",
             ndjson,
         ),
         (
@@ -35,12 +42,16 @@ async fn accept_matrix() {
             ndjson,
         ),
         (&["text/event-stream;q=0, */*"], "", ndjson),
-        (&["text/html"], "", None),
-        (&["text/html", "image/png"], "", None),
+        (&["text/html"], "", page),
+        (&["text/html", "image/png"], "", page),
+        (&["image/png"], "", None),
+        (&["text/html;q=0, image/png"], "", None),
         (&["*/*;q=0"], "", None),
         (&["text/html"], "?format=sse", sse),
         (&["text/event-stream"], "?format=ndjson", ndjson),
-        (&["text/html", "text/event-stream;q=0.1"], "", sse),
+        (&["text/html", "text/event-stream;q=0.1"], "", page),
+        // A tie goes to the stream.
+        (&["text/html", "text/event-stream"], "", sse),
     ];
     for (accept, query, expected) in cases {
         let mut request = http.head(server.url(&format!("/{query}")));
@@ -68,7 +79,7 @@ async fn not_acceptable_lists_what_is_offered() {
     let server = TestServer::default_config().await;
     let response = client()
         .get(server.url("/"))
-        .header("accept", "text/html")
+        .header("accept", "image/png")
         .send()
         .await
         .unwrap();
@@ -84,7 +95,8 @@ async fn not_acceptable_lists_what_is_offered() {
             "application/x-ndjson",
             "application/jsonl",
             "application/json",
-            "text/event-stream"
+            "text/event-stream",
+            "text/html"
         ])
     );
 }

@@ -166,7 +166,16 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let negotiated = negotiate_format(&parts.headers, &query)?;
+    // A browser navigating here gets the live viewer, which reads this
+    // same URL as a stream; `?format=` always asks for the stream.
+    let readable = matches!(parts.method, Method::GET | Method::HEAD);
+    if readable && !query.iter().any(|(k, _)| k == "format") {
+        let accept = parts.headers.get_all(header::ACCEPT).iter();
+        if negotiate::prefers_page(accept.filter_map(|v| v.to_str().ok())) {
+            return Ok(crate::viewer::page(&route, parts.method == Method::HEAD));
+        }
+    }
+    let negotiated = negotiate_format(&parts.headers, &query, readable)?;
     if gateway.shutdown.is_cancelled() {
         return Err(unavailable(
             "the gateway is shutting down; retry on another instance",
@@ -393,9 +402,12 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// The stream format; `page` says whether the route also offers the viewer
+/// (`text/html`), for the 406's list.
 fn negotiate_format(
     headers: &HeaderMap,
     query: &[(String, String)],
+    page: bool,
 ) -> Result<Negotiated, ApiError> {
     let param = query
         .iter()
@@ -411,7 +423,13 @@ fn negotiate_format(
             "not_acceptable",
             "Accept allows none of the formats this route streams",
         )
-        .with("offered", negotiate::OFFERED.to_vec()),
+        .with("offered", {
+            let mut offered = negotiate::OFFERED.to_vec();
+            if page {
+                offered.push("text/html");
+            }
+            offered
+        }),
         Refusal::UnknownFormat(f) => ApiError::bad_request(format!(
             "format={f:?} is unknown; use format=sse or format=ndjson"
         )),

@@ -17,6 +17,7 @@
 //!   time, shutdown.
 //! - [`encode`], [`sse`], [`ndjson`]: events to bytes, and the gateway's own
 //!   events.
+//! - [`viewer`]: the live viewer page a browser gets on a stream route.
 //! - [`error`]: [`ApiError`], the JSON error answered before a stream starts.
 //! - [`lambda`]: serving Lambda invocations natively, choosing that mode,
 //!   and ending streams before an invocation's deadline.
@@ -40,6 +41,7 @@ pub mod route;
 pub mod server;
 pub mod session;
 pub mod sse;
+pub mod viewer;
 
 pub use error::ApiError;
 pub use negotiate::Format;

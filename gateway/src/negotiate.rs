@@ -13,6 +13,10 @@
 //! or one whose ranges are all malformed, accepts anything. `?format=`
 //! overrides `Accept`. NDJSON is labelled `application/x-ndjson`, unless the
 //! client refused that type outright (`q=0`) and accepts an alias.
+//!
+//! A `GET` that prefers `text/html` to every stream format (a browser
+//! navigating to the route) gets the live viewer page instead of a stream:
+//! see [`prefers_page`].
 
 use std::fmt;
 
@@ -159,6 +163,32 @@ pub fn negotiate<'a>(
         format,
         content_type,
     })
+}
+
+/// Whether `Accept` prefers `text/html` to every format we stream: its
+/// weight is higher, or equal and matched more specifically (a browser's
+/// `text/html,…,*/*;q=0.8`, or `text/html, */*`). Ties go to the stream
+/// (`text/html, text/event-stream` is SSE), and so do a missing `Accept`,
+/// `*/*` and `text/*`: `curl`, `fetch` and `EventSource` get streams as
+/// before. `?format=` is not looked at here: it always asks for a stream.
+pub fn prefers_page<'a>(accept: impl IntoIterator<Item = &'a str>) -> bool {
+    let ranges: Vec<Range<'_>> = accept
+        .into_iter()
+        .flat_map(|value| split_unquoted(value, ','))
+        .filter_map(Range::parse)
+        .collect();
+    let Some((q, specificity, _)) = best_match(&ranges, "text", "html") else {
+        return false;
+    };
+    q > 0.0
+        && [Format::Ndjson, Format::Sse]
+            .iter()
+            .flat_map(|format| format.media_types())
+            .filter_map(|&(ty, sub)| best_match(&ranges, ty, sub))
+            .filter(|(stream_q, _, _)| *stream_q > 0.0)
+            .all(|(stream_q, stream_specificity, _)| {
+                (q, specificity) > (stream_q, stream_specificity)
+            })
 }
 
 /// How a media range's parameters (those before `q`) bear on our offers,
@@ -368,6 +398,41 @@ mod tests {
         for (accept, expected) in cases {
             assert_eq!(&pick(accept), expected, "Accept: {accept}");
         }
+    }
+
+    /// The stream formats' negotiation above still refuses `text/html`
+    /// alone (a `POST` route answers it 406); a `GET` asks this first.
+    #[test]
+    fn the_page_when_html_is_preferred() {
+        let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,\
+                       image/avif,image/webp,*/*;q=0.8";
+        let cases: &[(&str, bool)] = &[
+            (browser, true),
+            ("text/html", true),
+            ("TEXT/HTML; charset=utf-8", true),
+            ("text/html, image/png;q=0.9", true),
+            ("text/html, */*", true),
+            ("text/html;q=0.9, */*;q=0.8", true),
+            ("text/html, text/event-stream;q=0.1", true),
+            ("", false),
+            ("*/*", false),
+            ("text/*", false),
+            ("garbage", false),
+            ("text/event-stream", false),
+            ("application/x-ndjson", false),
+            // A tie goes to the stream.
+            ("text/html, text/event-stream", false),
+            ("text/event-stream, text/html", false),
+            ("text/html;q=0.5, application/json", false),
+            ("text/html;q=0, */*", false),
+            ("text/html;level=1", false),
+            ("image/png", false),
+        ];
+        for (accept, expected) in cases {
+            assert_eq!(prefers_page([*accept]), *expected, "Accept: {accept}");
+        }
+        assert!(!prefers_page(["text/html", "text/event-stream"]));
+        assert!(prefers_page(["text/html", "*/*;q=0.1"]));
     }
 
     #[test]
