@@ -18,6 +18,8 @@
 //! - [`encode`], [`sse`], [`ndjson`]: events to bytes, and the gateway's own
 //!   events.
 //! - [`error`]: [`ApiError`], the JSON error answered before a stream starts.
+//! - [`metrics`]: the Prometheus metrics each gateway keeps, and where
+//!   `[server.metrics]` serves them.
 //! - [`lambda`]: serving Lambda invocations natively, choosing that mode,
 //!   and ending streams before an invocation's deadline.
 //!
@@ -34,6 +36,7 @@ pub mod error;
 pub mod fanin;
 pub mod handler;
 pub mod lambda;
+pub mod metrics;
 pub mod ndjson;
 pub mod negotiate;
 pub mod route;
