@@ -396,11 +396,18 @@ impl Collector for BackendCollector {
             .iter()
             .filter_map(|w| w.instance.stats().map(|s| (w, s.kind(), s.snapshot())))
             .collect();
-        let families: [(&str, &str, [(&str, fn(&backends::stats::StatsSnapshot) -> u64); 2]); 2] = [
+        let families: [(
+            &str,
+            &str,
+            [(&str, fn(&backends::stats::StatsSnapshot) -> u64); 2],
+        ); 2] = [
             (
                 "gateway_upstream_reconnects",
                 "Upstream connections made again after one was lost (ok), or attempts that failed (failed)",
-                [("ok", |s| s.reconnects), ("failed", |s| s.failed_reconnects)],
+                [
+                    ("ok", |s| s.reconnects),
+                    ("failed", |s| s.failed_reconnects),
+                ],
             ),
             (
                 "gateway_slow_clients",
@@ -409,8 +416,7 @@ impl Collector for BackendCollector {
             ),
         ];
         for (name, help, outcomes) in families {
-            let mut family =
-                encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (watched, kind, snapshot) in &snapshots {
                 for (outcome, value) in &outcomes {
                     let labels = UpstreamLabels {
@@ -495,7 +501,13 @@ mod tests {
         metrics.responded(StatusCode::SERVICE_UNAVAILABLE);
         metrics.responded(StatusCode::SERVICE_UNAVAILABLE);
         let text = metrics.encode();
-        assert!(text.contains("gateway_responses_total{class=\"2xx\"} 1\n"), "{text}");
-        assert!(text.contains("gateway_responses_total{class=\"5xx\"} 2\n"), "{text}");
+        assert!(
+            text.contains("gateway_responses_total{class=\"2xx\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_responses_total{class=\"5xx\"} 2\n"),
+            "{text}"
+        );
     }
 }

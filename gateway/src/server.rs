@@ -120,13 +120,17 @@ impl Gateway {
                 }
             },
         };
-        problems.extend(config.metrics.validate().into_iter().map(|(key, reason)| {
-            ConfigProblem {
-                origin: "server".into(),
-                key: format!("metrics.{key}"),
-                reason,
-            }
-        }));
+        problems.extend(
+            config
+                .metrics
+                .validate()
+                .into_iter()
+                .map(|(key, reason)| ConfigProblem {
+                    origin: "server".into(),
+                    key: format!("metrics.{key}"),
+                    reason,
+                }),
+        );
         let metrics = Metrics::new(&routes);
         for route in routes {
             let (name, path) = (Arc::clone(&route.name), route.path.clone());

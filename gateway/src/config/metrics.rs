@@ -56,7 +56,10 @@ impl MetricsConfig {
                         format!("{path:?} must be a plain path, without parameters or a query"),
                     );
                 } else if path == HEALTH_PATH {
-                    push("path", format!("{HEALTH_PATH} is the gateway's health check"));
+                    push(
+                        "path",
+                        format!("{HEALTH_PATH} is the gateway's health check"),
+                    );
                 }
                 if self.tokens.is_empty() {
                     push(

@@ -558,9 +558,13 @@ impl GatewayConfig {
                 .into_iter()
                 .map(|(field, reason)| (format!("server.metrics.{field}"), reason)),
         );
-        if let Some(reason) = self.server.metrics.path.as_deref().and_then(|path| {
-            metrics_path_taken(path, &self.routes, &self.publish)
-        }) {
+        if let Some(reason) = self
+            .server
+            .metrics
+            .path
+            .as_deref()
+            .and_then(|path| metrics_path_taken(path, &self.routes, &self.publish))
+        {
             problems.push(("server.metrics.path".into(), reason));
         }
         for (name, publish) in &self.publish {
