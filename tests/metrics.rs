@@ -747,3 +747,73 @@ fn metrics_config_is_checked() {
         .to_string();
     assert!(error.contains("metrics.path"), "{error}");
 }
+
+/// A backend that counts like the shared-buffer backends do: the counts
+/// the test makes show at the next scrape, by route, backend and type.
+#[derive(Debug)]
+struct Counting {
+    stats: backends::BackendStats,
+}
+
+#[async_trait::async_trait]
+impl Backend for Counting {
+    async fn open(
+        &self,
+        _: &backends::RequestContext,
+    ) -> Result<backends::EventStream, BackendError> {
+        Ok(futures::stream::empty().boxed())
+    }
+
+    fn stats(&self) -> Option<&backends::BackendStats> {
+        Some(&self.stats)
+    }
+}
+
+#[tokio::test]
+async fn backends_own_counts_are_read_at_each_scrape() {
+    let counting = Arc::new(Counting {
+        stats: backends::BackendStats::new("redis"),
+    });
+    let (_server, metrics) = serve(
+        ServerConfig::default(),
+        vec![route(
+            "rooms",
+            "/rooms",
+            vec![("bus", Arc::clone(&counting) as Arc<dyn Backend>)],
+        )],
+    )
+    .await;
+    let slow = |m: &Exposition, outcome: &str| {
+        m.get(
+            "gateway_slow_clients_total",
+            &[
+                ("route", "rooms"),
+                ("backend", "bus"),
+                ("type", "redis"),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    let before = scrape(metrics).await;
+    assert_eq!(slow(&before, "caught_up"), Some(0.0));
+    assert_eq!(slow(&before, "dropped"), Some(0.0));
+    counting.stats.lagged();
+    counting.stats.lagged();
+    counting.stats.dropped();
+    counting.stats.reconnect_failed();
+    let after = scrape(metrics).await;
+    assert_eq!(slow(&after, "caught_up"), Some(2.0));
+    assert_eq!(slow(&after, "dropped"), Some(1.0));
+    assert_eq!(
+        after.get(
+            "gateway_upstream_reconnects_total",
+            &[
+                ("route", "rooms"),
+                ("backend", "bus"),
+                ("type", "redis"),
+                ("outcome", "failed"),
+            ],
+        ),
+        Some(1.0)
+    );
+}

@@ -8,6 +8,12 @@
 //! - `listen`: a listener of its own ([`serve`]), off the public port;
 //! - `path` with `tokens`: on the public port, for a bearer token only.
 //!
+//! Upstream reconnects are counted by the `http` backend (each attempt to
+//! resume a dropped upstream), the `redis` readers (each connection after a
+//! reader's first) and the `nats` connection (each reconnection; its client
+//! retries on its own and reports no failed attempt). Slow clients are those
+//! of the `redis` and `nats` backends that fell behind the shared buffer.
+//!
 //! Labels come from the config only (route and backend names, the format,
 //! fixed words): never from a request, so the number of series is bounded
 //! by the config.
@@ -33,6 +39,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use backends::stats::StatsSnapshot;
 use backends::{Backend, BackendError, ErrorKind};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -180,7 +187,7 @@ impl Metrics {
             Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
         registry.register_with_unit(
             "gateway_stream_duration",
-            "How long streams were open, from their first byte to their end",
+            "How long streams were open, from their backends' opening to the stream's end",
             Unit::Seconds,
             durations.clone(),
         );
@@ -383,6 +390,9 @@ struct Watched {
     instance: Arc<dyn Backend>,
 }
 
+/// A family's outcome labels, each with its count in a snapshot.
+type Outcomes = [(&'static str, fn(&StatsSnapshot) -> u64); 2];
+
 /// Reads the backends' [`backends::BackendStats`] when scraped.
 #[derive(Debug)]
 struct BackendCollector {
@@ -396,14 +406,10 @@ impl Collector for BackendCollector {
             .iter()
             .filter_map(|w| w.instance.stats().map(|s| (w, s.kind(), s.snapshot())))
             .collect();
-        let families: [(
-            &str,
-            &str,
-            [(&str, fn(&backends::stats::StatsSnapshot) -> u64); 2],
-        ); 2] = [
+        let families: [(&str, &str, Outcomes); 2] = [
             (
                 "gateway_upstream_reconnects",
-                "Upstream connections made again after one was lost (ok), or attempts that failed (failed)",
+                "Upstream connections made again after one was lost (ok), or attempts that failed (failed).",
                 [
                     ("ok", |s| s.reconnects),
                     ("failed", |s| s.failed_reconnects),
@@ -411,7 +417,7 @@ impl Collector for BackendCollector {
             ),
             (
                 "gateway_slow_clients",
-                "Clients that fell behind a shared buffer: caught up from the upstream (caught_up), or ended with a lagged error (dropped)",
+                "Clients that fell behind a shared buffer: caught up from the upstream (caught_up), or ended with a lagged error (dropped).",
                 [("caught_up", |s| s.lagged), ("dropped", |s| s.dropped)],
             ),
         ];
