@@ -5,7 +5,7 @@ use std::fmt;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::{BackendError, Event, RequestContext};
+use crate::{BackendError, BackendStats, Event, RequestContext};
 
 /// The events of one opened backend. An `Err` item is a failure after the
 /// stream started: the gateway turns it into an in-band error event, and the
@@ -23,4 +23,11 @@ pub type EventStream = BoxStream<'static, Result<Event, BackendError>>;
 pub trait Backend: Send + Sync + fmt::Debug {
     /// Opens a stream for one request.
     async fn open(&self, ctx: &RequestContext) -> Result<EventStream, BackendError>;
+
+    /// What the backend counts about its upstream (reconnects) and its slow
+    /// clients, for the gateway's metrics; `None` (the default) for a
+    /// backend with nothing to count.
+    fn stats(&self) -> Option<&BackendStats> {
+        None
+    }
 }

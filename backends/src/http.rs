@@ -80,7 +80,9 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::config::Problem;
 use crate::env::expand as expand_env;
-use crate::{Backend, BackendError, Data, ErrorKind, Event, EventStream, RequestContext};
+use crate::{
+    Backend, BackendError, BackendStats, Data, ErrorKind, Event, EventStream, RequestContext,
+};
 
 /// Configuration of the `http` backend.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -567,6 +569,8 @@ struct Shared {
     /// sensitive (so that they never show in logs).
     headers: HeaderMap,
     forward: Vec<HeaderName>,
+    /// Reconnects of its streams.
+    stats: BackendStats,
 }
 
 impl Http {
@@ -629,6 +633,7 @@ impl Shared {
             url,
             headers,
             forward,
+            stats: BackendStats::new("http"),
         })
     }
 }
@@ -699,6 +704,10 @@ impl Backend for Http {
             Some((item, reader))
         });
         Ok(stream.boxed())
+    }
+
+    fn stats(&self) -> Option<&BackendStats> {
+        self.shared.as_ref().ok().map(|shared| &shared.stats)
     }
 }
 
@@ -1050,7 +1059,12 @@ impl Reader {
                 "Upstream dropped; reconnecting"
             );
             tokio::time::sleep(delay).await;
-            match connect(&shared, &self.request, self.resume.as_deref()).await {
+            let connected = connect(&shared, &self.request, self.resume.as_deref()).await;
+            match &connected {
+                Ok(_) => shared.stats.reconnected(),
+                Err(_) => shared.stats.reconnect_failed(),
+            }
+            match connected {
                 Ok(Connected::Stream(response, wire)) => {
                     self.response = Some(response);
                     self.decoder = Decoder::new(wire, &shared.config);

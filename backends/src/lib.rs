@@ -15,6 +15,8 @@
 //! - [`backend`]: the [`Backend`] trait with its one method, `open`.
 //! - [`config`]: [`BackendConfig`], the closed, tagged enum of built-in
 //!   backends as they appear in a config file, with `validate` and `build`.
+//! - [`stats`]: [`BackendStats`], what a backend counts about its upstream
+//!   and its slow clients, for the gateway's metrics.
 //! - One module per backend: [`demo`] (the reference stream), [`ticker`].
 //! - `testing` (feature `testing`): mock backends for the gateway's own tests.
 //!
@@ -36,6 +38,7 @@ pub mod lines;
 pub mod nats;
 pub mod publish;
 pub mod redis;
+pub mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod ticker;
@@ -45,3 +48,4 @@ pub use config::BackendConfig;
 pub use context::RequestContext;
 pub use error::{BackendError, ErrorKind};
 pub use event::{Data, Event};
+pub use stats::BackendStats;

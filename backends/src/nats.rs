@@ -65,7 +65,9 @@ use tokio::sync::{OnceCell, broadcast, oneshot, watch};
 
 use crate::config::Problem;
 use crate::publish::{Publication, Publisher};
-use crate::{Backend, BackendError, Data, ErrorKind, Event, EventStream, RequestContext};
+use crate::{
+    Backend, BackendError, BackendStats, Data, ErrorKind, Event, EventStream, RequestContext,
+};
 
 /// Messages asked for per pull request, live or catching up.
 const PAGE: usize = 256;
@@ -360,6 +362,8 @@ struct Hub {
     /// new consumers, since a restarted server has lost theirs.
     connections: Arc<watch::Sender<u64>>,
     channels: Mutex<HashMap<String, Weak<Channel>>>,
+    /// Reconnects, clients that lagged or were dropped.
+    stats: Arc<BackendStats>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -392,6 +396,7 @@ impl Nats {
                 jetstream: OnceCell::new(),
                 connections: Arc::new(watch::channel(0).0),
                 channels: Mutex::new(HashMap::new()),
+                stats: Arc::new(BackendStats::new("nats")),
             }),
         }
     }
@@ -595,6 +600,7 @@ impl Hub {
         })?;
         let context = self.jetstream.get_or_try_init(|| async {
             let connections = Arc::clone(&self.connections);
+            let stats = Arc::clone(&self.stats);
             let connects = Arc::new(AtomicU64::new(0));
             let client = async_nats::ConnectOptions::new()
                 .name("gateway")
@@ -607,6 +613,7 @@ impl Hub {
                 .event_callback(move |event| {
                     let connections = Arc::clone(&connections);
                     let connects = Arc::clone(&connects);
+                    let stats = Arc::clone(&stats);
                     async move {
                         match event {
                             // The first is the connection being made; the
@@ -616,6 +623,7 @@ impl Hub {
                                     tracing::info!("connected to NATS");
                                 } else {
                                     tracing::info!("connected to NATS again");
+                                    stats.reconnected();
                                     connections.send_modify(|n| *n += 1);
                                 }
                             }
@@ -1175,6 +1183,10 @@ impl Backend for Nats {
         }
         Ok(futures::stream::unfold(client, Client::next).boxed())
     }
+
+    fn stats(&self) -> Option<&BackendStats> {
+        Some(&self.hub.stats)
+    }
 }
 
 impl Client {
@@ -1237,6 +1249,7 @@ impl Client {
         match (more, left) {
             (false, _) => self.catching_up = None,
             (true, 0) => {
+                self.hub.stats.dropped();
                 self.ending = Some(lagged(entries.last().map_or(self.last, |e| e.seq)));
                 self.catching_up = None;
             }
@@ -1284,6 +1297,7 @@ impl Client {
                     return Some((Ok(entry.event.clone()), self));
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.hub.stats.lagged();
                     // Behind by more than the buffer: catch up from the
                     // stream, page by page, within `max_catchup`.
                     match self.hub.jetstream().await {

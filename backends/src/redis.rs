@@ -38,7 +38,9 @@ use tokio::sync::{OnceCell, broadcast};
 
 use crate::config::Problem;
 use crate::publish::{Publication, Publisher};
-use crate::{Backend, BackendError, Data, ErrorKind, Event, EventStream, RequestContext};
+use crate::{
+    Backend, BackendError, BackendStats, Data, ErrorKind, Event, EventStream, RequestContext,
+};
 
 /// How long one `XREAD` blocks before it is issued again.
 const BLOCK: Duration = Duration::from_secs(5);
@@ -195,6 +197,8 @@ struct Hub {
     /// use and reconnected by the manager.
     commands: OnceCell<ConnectionManager>,
     channels: Mutex<HashMap<String, Weak<Channel>>>,
+    /// Readers' reconnects, clients that lagged or were dropped.
+    stats: Arc<BackendStats>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -227,6 +231,7 @@ impl Redis {
                 client,
                 commands: OnceCell::new(),
                 channels: Mutex::new(HashMap::new()),
+                stats: Arc::new(BackendStats::new("redis")),
             }),
         }
     }
@@ -358,6 +363,7 @@ impl RedisPublisher {
                 client: redis::Client::open(target.url.as_str()).map_err(|e| e.to_string()),
                 commands: OnceCell::new(),
                 channels: Mutex::new(HashMap::new()),
+                stats: Arc::new(BackendStats::new("redis")),
             },
             target,
         }
@@ -449,6 +455,7 @@ impl Hub {
             start,
             sender.clone(),
             Arc::clone(config),
+            Arc::clone(&self.stats),
         ))
         .abort_handle();
         let channel = Arc::new(Channel { sender, reader });
@@ -470,16 +477,28 @@ async fn read(
     mut last: EntryId,
     sender: broadcast::Sender<Arc<Entry>>,
     config: Arc<RedisConfig>,
+    stats: Arc<BackendStats>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    // Connections after the first are reconnections.
+    let mut connected_before = false;
     let settings = redis::AsyncConnectionConfig::new().set_response_timeout(Some(BLOCK * 2));
     loop {
         let connection = client
             .get_multiplexed_async_connection_with_config(&settings)
             .await;
         let mut connection: MultiplexedConnection = match connection {
-            Ok(c) => c,
+            Ok(c) => {
+                if connected_before {
+                    stats.reconnected();
+                }
+                connected_before = true;
+                c
+            }
             Err(error) => {
+                if connected_before {
+                    stats.reconnect_failed();
+                }
                 tracing::warn!(%key, %error, "Redis reader cannot connect; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -725,6 +744,10 @@ impl Backend for Redis {
         }
         Ok(futures::stream::unfold(client, Client::next).boxed())
     }
+
+    fn stats(&self) -> Option<&BackendStats> {
+        Some(&self.hub.stats)
+    }
 }
 
 impl Client {
@@ -760,6 +783,7 @@ impl Client {
         self.catching_up = match (more, left) {
             (false, _) => None,
             (true, 0) => {
+                self.hub.stats.dropped();
                 self.ending = Some(lagged(entries.last().map_or(self.last, |e| e.id)));
                 None
             }
@@ -803,6 +827,7 @@ impl Client {
                     return Some((Ok(entry.event.clone()), self));
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.hub.stats.lagged();
                     // Behind by more than the buffer: catch up from Redis,
                     // page by page, within `max_catchup`, hearing first of
                     // entries trimmed meanwhile.

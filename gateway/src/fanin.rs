@@ -20,8 +20,12 @@ pub type Merged = SelectAll<BoxStream<'static, Tagged>>;
 /// become a real HTTP status) and drops the backends already open; so does a
 /// backend that takes longer than the route's `open_timeout` (504). A backend
 /// that answers [`ErrorKind::Finished`] (the client already has all of it) is
-/// left out; when all of them do, the request is finished.
-pub async fn open(route: &Route, contexts: &[RequestContext]) -> Result<Merged, BackendError> {
+/// left out; when all of them do, the request is finished. A failure names
+/// the index of the backend that failed (none when all were finished).
+pub async fn open(
+    route: &Route,
+    contexts: &[RequestContext],
+) -> Result<Merged, (Option<usize>, BackendError)> {
     let timeout = route.open_timeout;
     let opening = route
         .backends
@@ -33,10 +37,13 @@ pub async fn open(route: &Route, contexts: &[RequestContext]) -> Result<Merged, 
             match tokio::time::timeout(timeout, backend.open(ctx)).await {
                 Ok(Ok(stream)) => Ok(Some((index, stream))),
                 Ok(Err(e)) if e.kind == ErrorKind::Finished => Ok(None),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(BackendError::new(
-                    ErrorKind::Timeout,
-                    format!("backend {name} did not open within {timeout:?}"),
+                Ok(Err(e)) => Err((Some(index), e)),
+                Err(_) => Err((
+                    Some(index),
+                    BackendError::new(
+                        ErrorKind::Timeout,
+                        format!("backend {name} did not open within {timeout:?}"),
+                    ),
                 )),
             }
         });
@@ -46,7 +53,7 @@ pub async fn open(route: &Route, contexts: &[RequestContext]) -> Result<Merged, 
         .flatten()
         .collect();
     if opened.is_empty() {
-        return Err(BackendError::finished());
+        return Err((None, BackendError::finished()));
     }
     Ok(futures::stream::select_all(opened.into_iter().map(
         |(index, stream)| stream.map(move |item| (index, item)).boxed(),

@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::fanin;
+use crate::metrics::{self, Refused};
 use crate::negotiate::{self, Negotiated, Refusal};
 use crate::route::Route;
 use crate::server::{Gateway, PublishRoute};
@@ -48,6 +49,7 @@ pub async fn dispatch(State(gateway): State<Arc<Gateway>>, request: Request) -> 
     let span = tracing::info_span!("request", request_id = %id);
     // A route open to other origins answers their preflights, and adds the
     // CORS headers to its answers (errors included).
+    let metrics_of = Arc::clone(&gateway);
     let cors = gateway
         .routes
         .at(request.uri().path())
@@ -66,6 +68,7 @@ pub async fn dispatch(State(gateway): State<Arc<Gateway>>, request: Request) -> 
             }
         }
     };
+    metrics_of.metrics.responded(response.status());
     let mut response = with_vary(response);
     if let Ok(value) = HeaderValue::try_from(id) {
         response.headers_mut().insert(REQUEST_ID, value);
@@ -130,11 +133,15 @@ fn with_vary(mut response: Response) -> Response {
 }
 
 async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, ApiError> {
+    let requested = tokio::time::Instant::now();
     let (mut parts, body) = request.into_parts();
     if let Some(source) = &gateway.authorization_source {
         restore_authorization(&mut parts.headers, source);
     }
     let path = parts.uri.path();
+    if gateway.config.metrics.path.as_deref() == Some(path) {
+        return metrics::public(gateway, &parts.method, &parts.headers);
+    }
     if let Ok(matched) = gateway.publishers.at(path) {
         let route = Arc::clone(matched.value);
         let params = decoded_params(&matched.params);
@@ -177,6 +184,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
     }
     let negotiated = negotiate_format(&parts.headers, &query, readable)?;
     if gateway.shutdown.is_cancelled() {
+        gateway.metrics.refused(&route, Refused::ShuttingDown);
         return Err(unavailable(
             "the gateway is shutting down; retry on another instance",
         ));
@@ -197,6 +205,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         return Ok(stream_response(&route, negotiated, &parts.headers, body));
     }
     let Ok(permit) = Arc::clone(&gateway.streams).try_acquire_owned() else {
+        gateway.metrics.refused(&route, Refused::Full);
         return Err(unavailable(format!(
             "the gateway holds its maximum of {} open streams",
             gateway.config.max_streams
@@ -243,7 +252,12 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
             ..context.clone()
         })
         .collect();
-    let events = fanin::open(&route, &contexts).await?;
+    let events = fanin::open(&route, &contexts)
+        .await
+        .map_err(|(backend, error)| {
+            gateway.metrics.open_failed(&route, backend, &error);
+            error
+        })?;
     let format = negotiated.format;
     let lifetime = match gateway.deadlines.remaining(&parts) {
         Some(Duration::ZERO) => {
@@ -264,6 +278,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         lifetime,
         gateway.shutdown.clone().cancelled_owned(),
         permit,
+        gateway.metrics.stream(&route, format, requested),
     );
     tracing::debug!(route = %route.name, %format, path, "Stream opened");
     Ok(stream_response(
@@ -337,36 +352,7 @@ async fn publish(
         )
         .with_header(header::ALLOW, HeaderValue::from_static("POST")));
     }
-    let token = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    let Some(token) = token else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "publishing needs `Authorization: Bearer <token>`",
-        )
-        .with_header(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"gateway\""),
-        ));
-    };
-    // Every token is compared, to its end: the time says nothing about
-    // which one matched, or how much of one.
-    let allowed = route.tokens.iter().fold(false, |ok, allowed| {
-        ok | same_bytes(allowed.as_bytes(), token.as_bytes())
-    });
-    if !allowed {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this token may not publish here",
-        ));
-    }
+    check_bearer(&parts.headers, &route.tokens, "publishing")?;
     let body = read_body(gateway, &parts.headers, body)
         .await?
         .ok_or_else(|| {
@@ -386,6 +372,46 @@ async fn publish(
         axum::Json(serde_json::json!({ "id": id })),
     )
         .into_response())
+}
+
+/// Lets the request through when its `Authorization: Bearer` token is one
+/// of `tokens`: 401 without a bearer token, 403 with another one. `doing`
+/// names what needs the token (`"publishing"`), for the message.
+pub(crate) fn check_bearer(
+    headers: &HeaderMap,
+    tokens: &[String],
+    doing: &str,
+) -> Result<(), ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let Some(token) = token else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("{doing} needs `Authorization: Bearer <token>`"),
+        )
+        .with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"gateway\""),
+        ));
+    };
+    // Every token is compared, to its end: the time says nothing about
+    // which one matched, or how much of one.
+    let allowed = tokens.iter().fold(false, |ok, allowed| {
+        ok | same_bytes(allowed.as_bytes(), token.as_bytes())
+    });
+    if !allowed {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this token does not allow {doing} here"),
+        ));
+    }
+    Ok(())
 }
 
 /// Compares in time that depends on the longer length only, not on where

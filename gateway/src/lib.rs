@@ -19,6 +19,8 @@
 //!   events.
 //! - [`viewer`]: the live viewer page a browser gets on a stream route.
 //! - [`error`]: [`ApiError`], the JSON error answered before a stream starts.
+//! - [`metrics`]: the Prometheus metrics each gateway keeps, and where
+//!   `[server.metrics]` serves them.
 //! - [`lambda`]: serving Lambda invocations natively, choosing that mode,
 //!   and ending streams before an invocation's deadline.
 //!
@@ -35,6 +37,7 @@ pub mod error;
 pub mod fanin;
 pub mod handler;
 pub mod lambda;
+pub mod metrics;
 pub mod ndjson;
 pub mod negotiate;
 pub mod route;

@@ -111,6 +111,11 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         shutdown.cancel();
     });
     if serving == Serving::Native {
+        if config.server.metrics.listen.is_some() {
+            tracing::warn!(
+                "server.metrics.listen is not served in Lambda native mode (there is no listener); use server.metrics.path with tokens"
+            );
+        }
         tracing::info!(
             routes = config.routes.len(),
             "Serving Lambda invocations from the Runtime API (native mode)"
@@ -118,6 +123,19 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         return lambda::run(gateway)
             .await
             .map_err(|e| anyhow::anyhow!("Lambda runtime: {e}"));
+    }
+    if let Some(addr) = config.server.metrics.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("server.metrics.listen: cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(address = %local, "Metrics on http://{local}{}", gateway::metrics::LISTEN_PATH);
+        let gateway = Arc::clone(&gateway);
+        tokio::spawn(async move {
+            if let Err(error) = gateway::metrics::serve(listener, gateway).await {
+                tracing::error!(%error, "The metrics listener failed");
+            }
+        });
     }
     let addr = SocketAddr::new(config.server.host, config.server.port);
     let listener = listen(addr, config.server.reuse_port)

@@ -24,6 +24,7 @@ use crate::config::{
 };
 use crate::handler;
 use crate::lambda::{self, Deadlines};
+use crate::metrics::Metrics;
 use crate::route::Route;
 
 /// Everything a request needs: routes, limits, the shutdown signal.
@@ -41,6 +42,8 @@ pub struct Gateway {
     pub(crate) deadlines: Deadlines,
     /// Publish routes, by path.
     pub(crate) publishers: matchit::Router<Arc<PublishRoute>>,
+    /// What `/metrics` shows.
+    pub(crate) metrics: Metrics,
 }
 
 /// A path where clients holding one of `tokens` append events.
@@ -117,6 +120,18 @@ impl Gateway {
                 }
             },
         };
+        problems.extend(
+            config
+                .metrics
+                .validate()
+                .into_iter()
+                .map(|(key, reason)| ConfigProblem {
+                    origin: "server".into(),
+                    key: format!("metrics.{key}"),
+                    reason,
+                }),
+        );
+        let metrics = Metrics::new(&routes);
         for route in routes {
             let (name, path) = (Arc::clone(&route.name), route.path.clone());
             if let Err(e) = router.insert(path, Arc::new(route)) {
@@ -124,6 +139,18 @@ impl Gateway {
                     origin: format!("route {name}"),
                     key: "path".into(),
                     reason: e.to_string(),
+                });
+            }
+        }
+        if let Some(path) = config.metrics.path.as_deref() {
+            if let Ok(taken) = router.at(path) {
+                problems.push(ConfigProblem {
+                    origin: "server".into(),
+                    key: "metrics.path".into(),
+                    reason: format!(
+                        "{path:?} is a path of route {}; the metrics would hide it",
+                        taken.value.name
+                    ),
                 });
             }
         }
@@ -140,6 +167,7 @@ impl Gateway {
             authorization_source,
             deadlines: Deadlines::default(),
             publishers: matchit::Router::new(),
+            metrics,
         })
     }
 
@@ -155,6 +183,11 @@ impl Gateway {
     /// new streams are refused, and [`serve`] returns.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// The metrics, in the Prometheus text format: what `/metrics` answers.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
     }
 
     /// How many streams are open now.

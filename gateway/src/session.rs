@@ -32,6 +32,7 @@ use crate::config::ErrorPolicy;
 use crate::cursor::Cursor;
 use crate::encode::{CloseReason, Encoder, error_event};
 use crate::fanin::Merged;
+use crate::metrics::StreamMetrics;
 use crate::negotiate::Format;
 use crate::route::Route;
 
@@ -66,6 +67,11 @@ pub struct Session {
     events_sent: u64,
     bytes_sent: u64,
     _permit: OwnedSemaphorePermit,
+    /// Counts the stream's events, bytes and errors as they go.
+    metrics: StreamMetrics,
+    /// Mid-stream backend failures, and the last one's backend and kind.
+    errors: u64,
+    last_error: Option<(Arc<str>, backends::ErrorKind)>,
     /// The request's span: the stream's log lines carry its request id.
     span: tracing::Span,
 }
@@ -83,7 +89,9 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// A session streaming `events` for `route` for at most `lifetime` (the
     /// route's `max_lifetime`, or less inside a Lambda invocation); it holds
-    /// `permit` (its slot among the open streams) until it is dropped.
+    /// `permit` (its slot among the open streams) until it is dropped, and
+    /// counts itself in `metrics`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         route: Arc<Route>,
         format: Format,
@@ -92,6 +100,7 @@ impl Session {
         lifetime: Duration,
         shutdown: WaitForCancellationFutureOwned,
         permit: OwnedSemaphorePermit,
+        metrics: StreamMetrics,
     ) -> Self {
         let now = Instant::now();
         let lifetime_ends = now + lifetime;
@@ -114,6 +123,9 @@ impl Session {
             events_sent: 0,
             bytes_sent: 0,
             _permit: permit,
+            metrics,
+            errors: 0,
+            last_error: None,
             // Made inside the request's span: its log lines carry its id.
             span: tracing::Span::current(),
             route,
@@ -137,10 +149,14 @@ impl Session {
                     let id = id.map(|id| self.cursor.advance(index, id));
                     self.encoder.event(buf, &event, id.as_deref());
                     self.events_sent += 1;
+                    self.metrics.event(index);
                     self.last_event = Instant::now();
                 }
                 Poll::Ready(Some((index, Err(error)))) => {
                     let source = &self.route.sources[index];
+                    self.metrics.backend_error(index, error.kind);
+                    self.errors += 1;
+                    self.last_error = Some((Arc::clone(source), error.kind));
                     tracing::warn!(route = %self.route.name, backend = %source, %error, "Backend failed mid-stream");
                     self.encoder.event(buf, &error_event(source, &error), None);
                     if self.route.on_error == ErrorPolicy::Abort {
@@ -164,6 +180,7 @@ impl Session {
 
     fn emit(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, Infallible>>> {
         self.bytes_sent += chunk.len() as u64;
+        self.metrics.bytes(chunk.len());
         self.last_write = Instant::now();
         Poll::Ready(Some(Ok(chunk)))
     }
@@ -245,6 +262,10 @@ impl Drop for Session {
             Some(End::Closed(reason)) => reason.as_str(),
             None => "client_gone",
         };
+        let (failed_backend, error_kind) = match &self.last_error {
+            Some((backend, kind)) => (Some(&**backend), Some(kind.as_str())),
+            None => (None, None),
+        };
         tracing::info!(
             route = %self.route.name,
             format = %self.format,
@@ -252,6 +273,9 @@ impl Drop for Session {
             events = self.events_sent,
             bytes = self.bytes_sent,
             duration_ms = self.opened.elapsed().as_millis() as u64,
+            errors = self.errors,
+            last_error_backend = failed_backend,
+            last_error_kind = error_kind,
             "Stream ended"
         );
     }

@@ -3,6 +3,8 @@
 //! `Echo` backend that streams whatever events the request body describes.
 
 use std::collections::HashMap;
+
+pub mod exposition;
 use std::net::SocketAddr;
 use std::sync::Arc;
 

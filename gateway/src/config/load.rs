@@ -104,6 +104,12 @@ pub fn load(
             }
         }
     }
+    for token in &mut config.server.metrics.tokens {
+        match backends::env::expand(token, &lookup) {
+            Ok(expanded) => *token = expanded,
+            Err(reason) => parser.problem("server.metrics.tokens", reason),
+        }
+    }
     for (key, reason) in config.validate() {
         // An empty route table is no news when routes failed to parse.
         if complete || key != "routes" {

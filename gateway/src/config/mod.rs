@@ -7,6 +7,7 @@
 //! with every default written out.
 
 mod load;
+mod metrics;
 mod problem;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use backends::publish::PublisherConfig;
 use serde::Deserialize;
 
 pub use load::{DEFAULT_CONFIG, Source, load};
+pub use metrics::MetricsConfig;
 pub use problem::{ConfigError, ConfigProblem};
 
 /// The whole configuration.
@@ -97,6 +99,9 @@ pub struct ServerConfig {
     /// to go past one process's open-file limit on one machine. Default:
     /// `false`.
     pub reuse_port: bool,
+    /// Where the Prometheus metrics can be read: a listener of their own,
+    /// and/or a token-protected path on the public port. Default: nowhere.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +116,7 @@ impl Default for ServerConfig {
             log_format: LogFormat::Plain,
             authorization_source: None,
             reuse_port: false,
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -551,6 +557,22 @@ impl GatewayConfig {
                 }
             }
         }
+        problems.extend(
+            self.server
+                .metrics
+                .validate()
+                .into_iter()
+                .map(|(field, reason)| (format!("server.metrics.{field}"), reason)),
+        );
+        if let Some(reason) = self
+            .server
+            .metrics
+            .path
+            .as_deref()
+            .and_then(|path| metrics_path_taken(path, &self.routes, &self.publish))
+        {
+            problems.push(("server.metrics.path".into(), reason));
+        }
         for (name, publish) in &self.publish {
             let key = |field: &str| format!("publish.{name}.{field}");
             if !is_plain_name(name) {
@@ -686,6 +708,32 @@ fn check_path(path: &str) -> Result<(), String> {
         return Err(format!("{path:?} names the parameter `{twice}` twice"));
     }
     Ok(())
+}
+
+/// Why the metrics path cannot be `path`: a stream route or a publish path
+/// matches it, and would be shadowed.
+fn metrics_path_taken(
+    path: &str,
+    routes: &BTreeMap<String, RouteConfig>,
+    publish: &BTreeMap<String, PublishConfig>,
+) -> Option<String> {
+    let matches = |pattern: &str| {
+        let mut router = matchit::Router::new();
+        router.insert(pattern, ()).is_ok() && router.at(path).is_ok()
+    };
+    let route = routes
+        .iter()
+        .find(|(_, r)| matches(&r.path))
+        .map(|(name, r)| format!("route {name} ({:?})", r.path));
+    let publish = || {
+        publish
+            .iter()
+            .find(|(_, p)| matches(&p.path))
+            .map(|(name, p)| format!("publish route {name} ({:?})", p.path))
+    };
+    route
+        .or_else(publish)
+        .map(|taken| format!("{path:?} is a path of {taken}; the metrics would hide it"))
 }
 
 fn path_conflict(error: &matchit::InsertError, routes: &BTreeMap<String, RouteConfig>) -> String {
