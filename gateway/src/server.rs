@@ -48,8 +48,8 @@ pub struct Gateway {
 pub struct PublishRoute {
     /// The name in the config, for logs.
     pub name: Arc<str>,
-    /// The bearer tokens allowed.
-    pub tokens: Vec<String>,
+    /// The bearer tokens allowed, as a check.
+    pub auth: crate::auth::Auth,
     /// Where events go.
     pub publisher: Arc<dyn Publisher>,
 }
@@ -83,7 +83,7 @@ impl Gateway {
             };
             let route = PublishRoute {
                 name: Arc::from(name.as_str()),
-                tokens: publish.tokens.clone(),
+                auth: crate::auth::Auth::bearer(publish.tokens.clone()),
                 publisher: target.build(),
             };
             if let Err(e) = gateway.publishers.insert(&publish.path, Arc::new(route)) {
