@@ -171,16 +171,25 @@ impl Auth {
             }
             Check::Jwt(jwt) => {
                 let claims = jwt.verify(token, &self.challenge).await?;
+                // jsonwebtoken compares whole seconds; the stream's end is
+                // exact, and a token is refused from the moment it would end.
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                let valid_for = match claims.get("exp").and_then(Value::as_f64) {
+                    Some(exp) => {
+                        let left = exp + jwt.leeway.as_secs_f64() - now;
+                        if left <= 0.0 {
+                            return Err(expired(&self.challenge));
+                        }
+                        Some(Duration::from_secs_f64(left.min(1e9)))
+                    }
+                    None => None,
+                };
                 if let Some(restrict) = &self.restrict {
                     self.allowed(restrict, &claims, request.params)?;
                 }
-                let valid_for = claims.get("exp").and_then(Value::as_f64).map(|exp| {
-                    let now = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs_f64();
-                    Duration::from_secs_f64((exp - now).max(0.0).min(1e9)) + jwt.leeway
-                });
                 Ok(Grant { valid_for })
             }
         }
@@ -276,6 +285,22 @@ fn key_matches(pattern: &str, key: &str) -> bool {
 
 fn challenge(realm: &str) -> String {
     format!("Bearer realm=\"{realm}\"")
+}
+
+/// 401 for an expired token: the client should get a new one.
+fn expired(challenge: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "token_expired",
+        "the token expired; get a new one",
+    )
+    .with_header(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::try_from(format!(
+            "{challenge}, error=\"invalid_token\", error_description=\"the token expired\""
+        ))
+        .unwrap_or(HeaderValue::from_static("Bearer")),
+    )
 }
 
 fn forbidden(message: &str) -> ApiError {
@@ -453,18 +478,7 @@ impl Jwt {
             Err(e) => {
                 tracing::debug!(error = %e, "Refused: invalid token");
                 Err(match e.kind() {
-                    ErrorKind::ExpiredSignature => ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "token_expired",
-                        "the token expired; get a new one",
-                    )
-                    .with_header(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::try_from(format!(
-                            "{challenge}, error=\"invalid_token\", error_description=\"the token expired\""
-                        ))
-                        .unwrap_or(HeaderValue::from_static("Bearer")),
-                    ),
+                    ErrorKind::ExpiredSignature => expired(challenge),
                     ErrorKind::InvalidSignature => forbidden("the token's signature is not valid"),
                     ErrorKind::InvalidAudience => forbidden("the token is not for this audience"),
                     ErrorKind::InvalidIssuer => forbidden("the token's issuer is not accepted"),
