@@ -187,7 +187,8 @@ async fn a_jwt_is_read_from_each_configured_place() {
     let token = hs(&claims(json!({})));
     let auth_header = bearer(&token);
     let cookie = format!("theme=dark; access_token={token}");
-    let cases: [(&str, String, Vec<(&str, &str)>); 5] = [
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>);
+    let cases: [Case<'_>; 5] = [
         (
             "Authorization",
             "/rooms/lobby".into(),
