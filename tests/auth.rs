@@ -721,6 +721,34 @@ async fn a_jwks_url_is_fetched_and_an_unknown_kid_refetches_it_within_the_interv
 }
 
 #[tokio::test]
+async fn keys_older_than_the_ttl_are_fetched_again_in_the_background() {
+    let jwks_server =
+        JwksServer::start(Some(jwks(vec![jwk(&rsa_a(), Algorithm::RS256, "a")]))).await;
+    let auth = AuthConfig {
+        jwks_ttl: Duration::from_millis(100),
+        ..url_auth(jwks_server.url())
+    };
+    let server = server(auth).await;
+    let token = sign(Algorithm::RS256, &rsa_a(), Some("a"), &claims(json!({})));
+    let auth = bearer(&token);
+    // Only known keys are asked for: every fetch after the first is the TTL's.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while jwks_server.fetches() < 3 {
+        assert_streams(
+            get(&server, "/rooms/lobby", &[("authorization", &auth)]).await,
+            "known key",
+        )
+        .await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} fetches",
+            jwks_server.fetches()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn while_the_jwks_url_fails_requests_get_503_until_the_keys_arrive() {
     let jwks_server = JwksServer::start(None).await;
     let server = server(url_auth(jwks_server.url())).await;
