@@ -16,7 +16,8 @@
 //! - `gateway.error`: a backend failed after the stream started:
 //!   `{"event":"gateway.error","source":"b","kind":"upstream","message":"…"}`.
 //! - `gateway.close`: the gateway ends the stream before its backends did
-//!   (lifetime, idle time, shutdown, an aborting error) or a stream would
+//!   (lifetime, idle time, shutdown, an aborting error, the client's token
+//!   expiring: `credential_expired`) or a stream would
 //!   otherwise have an empty body: `{"event":"gateway.close","reason":"lifetime","last_event_id":"5"}`.
 //!   In SSE it carries the last id and a `retry:` hint, so `EventSource`
 //!   resumes where the stream stopped.
@@ -45,6 +46,8 @@ pub enum CloseReason {
     Error,
     /// Every backend ended without a single event.
     Empty,
+    /// The client's credential (a JWT) expired: it reconnects with a new one.
+    CredentialExpired,
 }
 
 impl CloseReason {
@@ -56,6 +59,7 @@ impl CloseReason {
             Self::Shutdown => "shutdown",
             Self::Error => "error",
             Self::Empty => "empty",
+            Self::CredentialExpired => "credential_expired",
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Everything that can fail is done before the status is sent, so that it
 //! can still be a real status with a JSON body: unknown path (404), method
-//! (405), format (406, or 400 for a bad `?format=`), shutdown or full (503),
+//! (405), credential (401, 403; see [`crate::auth`]), format (406, or 400 for a bad `?format=`), shutdown or full (503),
 //! body too large (413) or not JSON (400), a `Last-Event-ID` that is not this
 //! route's (400), and every backend's `open`. After that, the stream.
 
@@ -20,6 +20,7 @@ use serde_json::Value;
 use tower::{Layer, ServiceExt};
 use tracing::Instrument;
 
+use crate::auth::Presented;
 use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::fanin;
@@ -140,7 +141,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
     }
     let path = parts.uri.path();
     if gateway.config.metrics.path.as_deref() == Some(path) {
-        return metrics::public(gateway, &parts.method, &parts.headers);
+        return metrics::public(gateway, &parts.method, &parts.headers).await;
     }
     if let Ok(matched) = gateway.publishers.at(path) {
         let route = Arc::clone(matched.value);
@@ -168,11 +169,25 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
             HeaderValue::try_from(allow).unwrap_or(HeaderValue::from_static("GET")),
         ));
     }
-    let query: Vec<(String, String)> = parts
+    let mut query: Vec<(String, String)> = parts
         .uri
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
+    // Before anything is opened or read, HEAD included.
+    let grant = route
+        .auth
+        .check(Presented {
+            headers: &parts.headers,
+            query: &query,
+            params: &params,
+            authorization_source: gateway.authorization_source.as_ref(),
+        })
+        .await?;
+    if let Some(name) = route.auth.query_param() {
+        // The credential is not the backends' business.
+        query.retain(|(k, _)| k != name);
+    }
     // A browser navigating here gets the live viewer, which reads this
     // same URL as a stream; `?format=` always asks for the stream.
     let readable = matches!(parts.method, Method::GET | Method::HEAD);
@@ -279,7 +294,8 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         gateway.shutdown.clone().cancelled_owned(),
         permit,
         gateway.metrics.stream(&route, format, requested),
-    );
+    )
+    .credential_expires(grant.valid_for);
     tracing::debug!(route = %route.name, %format, path, "Stream opened");
     Ok(stream_response(
         &route,
@@ -352,7 +368,15 @@ async fn publish(
         )
         .with_header(header::ALLOW, HeaderValue::from_static("POST")));
     }
-    check_bearer(&parts.headers, &route.tokens, "publishing")?;
+    route
+        .auth
+        .check(Presented {
+            headers: &parts.headers,
+            query: &[],
+            params: &params,
+            authorization_source: gateway.authorization_source.as_ref(),
+        })
+        .await?;
     let body = read_body(gateway, &parts.headers, body)
         .await?
         .ok_or_else(|| {
@@ -372,60 +396,6 @@ async fn publish(
         axum::Json(serde_json::json!({ "id": id })),
     )
         .into_response())
-}
-
-/// Lets the request through when its `Authorization: Bearer` token is one
-/// of `tokens`: 401 without a bearer token, 403 with another one. `doing`
-/// names what needs the token (`"publishing"`), for the message.
-pub(crate) fn check_bearer(
-    headers: &HeaderMap,
-    tokens: &[String],
-    doing: &str,
-) -> Result<(), ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    let Some(token) = token else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            format!("{doing} needs `Authorization: Bearer <token>`"),
-        )
-        .with_header(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"gateway\""),
-        ));
-    };
-    // Every token is compared, to its end: the time says nothing about
-    // which one matched, or how much of one.
-    let allowed = tokens.iter().fold(false, |ok, allowed| {
-        ok | same_bytes(allowed.as_bytes(), token.as_bytes())
-    });
-    if !allowed {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("this token does not allow {doing} here"),
-        ));
-    }
-    Ok(())
-}
-
-/// Compares in time that depends on the longer length only, not on where
-/// (or whether) the bytes differ.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let (x, y) = (
-            a.get(i).copied().unwrap_or(0),
-            b.get(i).copied().unwrap_or(0),
-        );
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
 }
 
 /// The stream format; `page` says whether the route also offers the viewer

@@ -21,6 +21,9 @@
 //! - [`error`]: [`ApiError`], the JSON error answered before a stream starts.
 //! - [`metrics`]: the Prometheus metrics each gateway keeps, and where
 //!   `[server.metrics]` serves them.
+//! - [`auth`]: who may read a route: static bearer tokens or JWTs, from
+//!   a header, a cookie or a query parameter, with claims that restrict
+//!   stream keys.
 //! - [`lambda`]: serving Lambda invocations natively, choosing that mode,
 //!   and ending streams before an invocation's deadline.
 //!
@@ -30,6 +33,7 @@
 //! polls the merged backends and writes each event as it comes. When the
 //! client goes away hyper drops the body, and with it every backend stream.
 
+pub mod auth;
 pub mod config;
 pub mod cursor;
 pub mod encode;

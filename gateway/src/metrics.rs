@@ -53,7 +53,6 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::error::ApiError;
-use crate::handler;
 use crate::negotiate::Format;
 use crate::route::Route;
 use crate::server::Gateway;
@@ -453,7 +452,7 @@ fn exposition(gateway: &Gateway) -> Response {
 
 /// A request for the public metrics path (`server.metrics.path`): `GET` or
 /// `HEAD` with one of `server.metrics.tokens` as bearer token.
-pub(crate) fn public(
+pub(crate) async fn public(
     gateway: &Gateway,
     method: &Method,
     headers: &HeaderMap,
@@ -466,7 +465,15 @@ pub(crate) fn public(
         )
         .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD")));
     }
-    handler::check_bearer(headers, &gateway.config.metrics.tokens, "reading metrics")?;
+    gateway
+        .metrics_auth
+        .check(crate::auth::Presented {
+            headers,
+            query: &[],
+            params: &Default::default(),
+            authorization_source: gateway.authorization_source.as_ref(),
+        })
+        .await?;
     Ok(exposition(gateway))
 }
 

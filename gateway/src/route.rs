@@ -9,6 +9,7 @@ use backends::Backend;
 
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::auth::Auth;
 use crate::config::{
     ConfigError, ConfigProblem, CorsConfig, Envelope, ErrorPolicy, RouteConfig, RouteMethod,
 };
@@ -50,6 +51,8 @@ pub struct Route {
     pub response_headers: HeaderMap,
     /// Cross-origin access, when the route allows any.
     pub cors: Option<CorsLayer>,
+    /// Who may read the route.
+    pub auth: Auth,
 }
 
 impl Route {
@@ -90,6 +93,13 @@ impl Route {
                     .collect(),
             });
         }
+        let auth = Auth::from_config(&config.auth, name).map_err(|reason| ConfigError {
+            problems: vec![ConfigProblem {
+                origin: format!("route {name}"),
+                key: "auth".into(),
+                reason,
+            }],
+        })?;
         // Validated above: the names and values parse.
         let pass_headers = config
             .pass_headers
@@ -135,6 +145,7 @@ impl Route {
                 .cors
                 .as_ref()
                 .map(|cors| cors_layer(cors, &config.methods)),
+            auth,
         })
     }
 

@@ -44,6 +44,8 @@ pub struct Gateway {
     pub(crate) publishers: matchit::Router<Arc<PublishRoute>>,
     /// What `/metrics` shows.
     pub(crate) metrics: Metrics,
+    /// Who may read the metrics on the public port (`server.metrics.tokens`).
+    pub(crate) metrics_auth: crate::auth::Auth,
 }
 
 /// A path where clients holding one of `tokens` append events.
@@ -51,8 +53,8 @@ pub struct Gateway {
 pub struct PublishRoute {
     /// The name in the config, for logs.
     pub name: Arc<str>,
-    /// The bearer tokens allowed.
-    pub tokens: Vec<String>,
+    /// The bearer tokens allowed, as a check.
+    pub auth: crate::auth::Auth,
     /// Where events go.
     pub publisher: Arc<dyn Publisher>,
 }
@@ -86,7 +88,7 @@ impl Gateway {
             };
             let route = PublishRoute {
                 name: Arc::from(name.as_str()),
-                tokens: publish.tokens.clone(),
+                auth: crate::auth::Auth::bearer(publish.tokens.clone()),
                 publisher: target.build(),
             };
             if let Err(e) = gateway.publishers.insert(&publish.path, Arc::new(route)) {
@@ -158,7 +160,9 @@ impl Gateway {
             return Err(ConfigError { problems });
         }
         let capacity = config.max_streams.min(Semaphore::MAX_PERMITS);
+        let metrics_auth = crate::auth::Auth::bearer(config.metrics.tokens.clone());
         Ok(Self {
+            metrics_auth,
             routes: router,
             streams: Arc::new(Semaphore::new(capacity)),
             capacity,

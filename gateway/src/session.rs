@@ -4,14 +4,15 @@
 //! - Events are written as soon as they come; whatever is ready at once is
 //!   sent in one chunk (at most [`BATCH_BYTES`]), nothing waits for more.
 //! - A heartbeat goes out after `heartbeat` of silence.
-//! - After `max_lifetime`, after `max_idle` without an event, or on shutdown,
-//!   the stream ends with a `gateway.close` event carrying the last id.
+//! - After `max_lifetime`, after `max_idle` without an event, on shutdown, or
+//!   when the client's token expires, the stream ends with a `gateway.close`
+//!   event carrying the last id.
 //! - A backend failure becomes a `gateway.error` event; with the `abort`
 //!   policy the stream then closes.
 //! - Dropping the session (the client went away) drops every backend stream,
 //!   which stops their work, and frees the stream's slot.
 //!
-//! One timer serves the three deadlines: it is armed at the earliest, and
+//! One timer serves the deadlines: it is armed at the earliest, and
 //! since activity only moves deadlines later, a timer that fires early is
 //! simply re-armed. Idle streams cost no timer work until a deadline comes.
 
@@ -59,6 +60,8 @@ pub struct Session {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     opened: Instant,
     lifetime_ends: Instant,
+    /// When the client's credential expires, if it does.
+    credential_ends: Option<Instant>,
     last_event: Instant,
     last_write: Instant,
     started: bool,
@@ -115,6 +118,7 @@ impl Session {
             shutdown: Box::pin(shutdown),
             opened: now,
             lifetime_ends,
+            credential_ends: None,
             last_event: now,
             last_write: now,
             started: false,
@@ -132,8 +136,22 @@ impl Session {
         }
     }
 
+    /// Ends the stream `after` from now, when the client's credential
+    /// expires (`credential_expired`); `None` for one that does not.
+    pub fn credential_expires(mut self, after: Option<Duration>) -> Self {
+        self.credential_ends = after.map(|after| self.opened + after);
+        self
+    }
+
+    /// Whether the client's credential has expired.
+    fn credential_expired(&self, now: Instant) -> bool {
+        self.credential_ends.is_some_and(|at| now >= at)
+    }
+
     fn next_deadline(&self) -> Instant {
-        self.lifetime_ends
+        self.credential_ends
+            .unwrap_or(self.lifetime_ends)
+            .min(self.lifetime_ends)
             .min(self.last_event + self.route.max_idle)
             .min(self.last_write + self.route.heartbeat)
     }
@@ -209,7 +227,9 @@ impl Stream for Session {
             this.drain(cx, &mut buf);
             // A backend that always has an event ready would otherwise keep
             // the timer below from ever being looked at.
-            if this.end.is_none() && Instant::now() >= this.lifetime_ends {
+            if this.end.is_none() && this.credential_expired(Instant::now()) {
+                this.close(&mut buf, CloseReason::CredentialExpired);
+            } else if this.end.is_none() && Instant::now() >= this.lifetime_ends {
                 this.close(&mut buf, CloseReason::Lifetime);
             }
         }
@@ -236,6 +256,10 @@ impl Stream for Session {
                 return Poll::Pending;
             }
             let now = Instant::now();
+            if this.credential_expired(now) {
+                this.close(&mut buf, CloseReason::CredentialExpired);
+                return this.emit(buf.freeze());
+            }
             if now >= this.lifetime_ends {
                 this.close(&mut buf, CloseReason::Lifetime);
                 return this.emit(buf.freeze());

@@ -13,8 +13,8 @@ use ::config::{Config, Environment, File, FileFormat, Map, Value, ValueKind};
 use serde::de::DeserializeOwned;
 
 use super::{
-    ConfigError, ConfigProblem, GatewayConfig, LambdaConfig, PublishConfig, RouteConfig,
-    ServerConfig,
+    AuthConfig, ConfigError, ConfigProblem, GatewayConfig, LambdaConfig, PublishConfig,
+    RouteConfig, ServerConfig,
 };
 use backends::BackendConfig;
 use backends::publish::PublisherConfig;
@@ -96,19 +96,26 @@ pub fn load(
         Some(vars) => vars.get(name).cloned(),
         None => std::env::var(name).ok(),
     };
+    // Secrets come from the environment: `${VAR}` in tokens and secrets.
+    let mut expand = |value: &mut String, key: String| match backends::env::expand(value, &lookup) {
+        Ok(expanded) => *value = expanded,
+        Err(reason) => parser.problem(&key, reason),
+    };
     for (name, publish) in &mut config.publish {
         for token in &mut publish.tokens {
-            match backends::env::expand(token, &lookup) {
-                Ok(expanded) => *token = expanded,
-                Err(reason) => parser.problem(&format!("publish.{name}.tokens"), reason),
-            }
+            expand(token, format!("publish.{name}.tokens"));
+        }
+    }
+    for (name, route) in &mut config.routes {
+        for token in &mut route.auth.tokens {
+            expand(token, format!("routes.{name}.auth.tokens"));
+        }
+        if let Some(secret) = &mut route.auth.secret {
+            expand(secret, format!("routes.{name}.auth.secret"));
         }
     }
     for token in &mut config.server.metrics.tokens {
-        match backends::env::expand(token, &lookup) {
-            Ok(expanded) => *token = expanded,
-            Err(reason) => parser.problem("server.metrics.tokens", reason),
-        }
+        expand(token, "server.metrics.tokens".into());
     }
     for (key, reason) in config.validate() {
         // An empty route table is no news when routes failed to parse.
@@ -194,8 +201,10 @@ impl Parser<'_> {
                 ok = false;
                 continue;
             };
-            // Backends are parsed one by one, so each one's problems show.
+            // Backends are parsed one by one, so each one's problems show;
+            // so is `auth`, so that each of its problems shows.
             let backends = fields.shift_remove("backends");
+            let auth = fields.shift_remove("auth");
             let without = Value::new(
                 value.origin().map(String::from).as_ref(),
                 ValueKind::Table(fields),
@@ -205,9 +214,14 @@ impl Parser<'_> {
                 None => Some(Default::default()),
                 Some(backends) => self.backends(&backends, &format!("{key}.backends")),
             };
-            match (route, backends) {
-                (Some(mut route), Some(backends)) => {
+            let auth = match auth {
+                None => Some(AuthConfig::default()),
+                Some(auth) => self.table::<AuthConfig>(&auth, &format!("{key}.auth"), &[]),
+            };
+            match (route, backends, auth) {
+                (Some(mut route), Some(backends), Some(auth)) => {
                     route.backends = backends;
+                    route.auth = auth;
                     routes.insert(name, route);
                 }
                 _ => ok = false,

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use super::{HEALTH_PATH, MIN_TOKEN_CHARS};
+use super::HEALTH_PATH;
 
 /// `[server.metrics]`: where the Prometheus metrics can be read. Off (the
 /// default) unless `listen` or `path` is set; both may be.
@@ -70,15 +70,11 @@ impl MetricsConfig {
                 }
             }
         }
-        if self
-            .tokens
-            .iter()
-            .any(|t| t.chars().count() < MIN_TOKEN_CHARS || t.contains(char::is_whitespace))
+        if let Some(reason) = Some(&self.tokens)
+            .filter(|tokens| !tokens.is_empty())
+            .and_then(|tokens| super::auth::check_static_tokens(tokens))
         {
-            push(
-                "tokens",
-                format!("each token needs at least {MIN_TOKEN_CHARS} characters and no spaces"),
-            );
+            push("tokens", reason);
         }
         problems
     }

@@ -6,6 +6,7 @@
 //! comments here are the user's reference; `config/default.toml` repeats them
 //! with every default written out.
 
+mod auth;
 mod load;
 mod metrics;
 mod problem;
@@ -19,6 +20,10 @@ use backends::BackendConfig;
 use backends::publish::PublisherConfig;
 use serde::Deserialize;
 
+pub use auth::{
+    ALGORITHMS, AuthConfig, AuthType, CredentialPlace, MIN_TOKEN_CHARS, RestrictConfig,
+    check_static_tokens,
+};
 pub use load::{DEFAULT_CONFIG, Source, load};
 pub use metrics::MetricsConfig;
 pub use problem::{ConfigError, ConfigProblem};
@@ -57,9 +62,6 @@ pub struct PublishConfig {
     /// Where events go, selected by `type` (`redis`). Required.
     pub target: Option<PublisherConfig>,
 }
-
-/// The shortest publish token accepted: shorter ones are guessable.
-pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// `[server]`: the listener, global limits and logging.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -247,6 +249,10 @@ pub struct RouteConfig {
     /// (browsers keep pages of other origins out).
     #[serde(default)]
     pub cors: Option<CorsConfig>,
+    /// Who may read the route (`[routes.NAME.auth]`): anyone, holders of a
+    /// static bearer token, or of a JWT. Default: anyone.
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// `[routes.NAME.cors]`: which other origins' pages may read the route.
@@ -350,6 +356,7 @@ impl RouteConfig {
             pass_headers: Vec::new(),
             response_headers: default_response_headers(),
             cors: None,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -586,18 +593,8 @@ impl GatewayConfig {
                     }
                 }
             }
-            if publish.tokens.is_empty() {
-                problems.push((key("tokens"), "at least one token is required".into()));
-            }
-            if publish
-                .tokens
-                .iter()
-                .any(|t| t.chars().count() < MIN_TOKEN_CHARS || t.contains(char::is_whitespace))
-            {
-                problems.push((
-                    key("tokens"),
-                    format!("each token needs at least {MIN_TOKEN_CHARS} characters and no spaces"),
-                ));
+            if let Some(reason) = check_static_tokens(&publish.tokens) {
+                problems.push((key("tokens"), reason));
             }
             match &publish.target {
                 None => problems.push((key("target"), "required: where events go".into())),
@@ -646,6 +643,12 @@ impl RouteConfig {
                     .map(|(field, reason)| (format!("cors.{field}"), reason)),
             );
         }
+        problems.extend(
+            self.auth
+                .validate(&self.path)
+                .into_iter()
+                .map(|(field, reason)| (format!("auth.{field}"), reason)),
+        );
         for header in &self.pass_headers {
             if HeaderName::try_from(header.as_str()).is_err() {
                 problems.push((
