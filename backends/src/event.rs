@@ -75,6 +75,13 @@ impl Data {
         Self(Repr::Json(Arc::from(value.to_string())))
     }
 
+    /// A JSON payload from compact JSON text this crate wrote itself (no
+    /// parse, no re-serialization: for backends that make events fast).
+    pub(crate) fn json_text(text: String) -> Self {
+        debug_assert!(serde_json::from_str::<Value>(&text).is_ok(), "{text}");
+        Self(Repr::Json(Arc::from(text)))
+    }
+
     /// Parses a JSON payload from text, re-serializing it compactly.
     pub fn parse_json(text: &str) -> Result<Self, serde_json::Error> {
         let value: Value = serde_json::from_str(text)?;

@@ -2,8 +2,11 @@
 //! they come.
 
 use backends::{BackendError, ErrorKind, Event, EventStream, RequestContext};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use futures::stream::{BoxStream, SelectAll};
-use futures::{StreamExt, future};
+use futures::{Stream, StreamExt, future};
 
 use crate::route::Route;
 
@@ -12,7 +15,33 @@ pub type Tagged = (usize, Result<Event, BackendError>);
 
 /// The merged events of a route's backends. It ends when every backend has
 /// ended; dropping it drops, and so stops, every backend's stream.
-pub type Merged = SelectAll<BoxStream<'static, Tagged>>;
+///
+/// A single backend's stream is read as it is: merging costs an allocation
+/// per event (`SelectAll` re-queues the stream after each item).
+pub enum Merged {
+    One(BoxStream<'static, Tagged>),
+    Many(SelectAll<BoxStream<'static, Tagged>>),
+}
+
+impl std::fmt::Debug for Merged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::One(_) => f.write_str("Merged::One"),
+            Self::Many(all) => write!(f, "Merged::Many({})", all.len()),
+        }
+    }
+}
+
+impl Stream for Merged {
+    type Item = Tagged;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Tagged>> {
+        match self.get_mut() {
+            Self::One(stream) => stream.poll_next_unpin(cx),
+            Self::Many(all) => all.poll_next_unpin(cx),
+        }
+    }
+}
 
 /// Opens every backend of `route` concurrently, `contexts[i]` for backend `i`.
 ///
@@ -55,7 +84,13 @@ pub async fn open(
     if opened.is_empty() {
         return Err((None, BackendError::finished()));
     }
-    Ok(futures::stream::select_all(opened.into_iter().map(
-        |(index, stream)| stream.map(move |item| (index, item)).boxed(),
-    )))
+    let mut tagged: Vec<BoxStream<'static, Tagged>> = opened
+        .into_iter()
+        .map(|(index, stream)| stream.map(move |item| (index, item)).boxed())
+        .collect();
+    Ok(if tagged.len() == 1 {
+        Merged::One(tagged.remove(0))
+    } else {
+        Merged::Many(futures::stream::select_all(tagged))
+    })
 }

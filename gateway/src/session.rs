@@ -158,6 +158,8 @@ impl Session {
 
     /// Moves every event that is ready into `buf`.
     fn drain(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) {
+        // Events ready together arrive together: one clock read for all.
+        let now = Instant::now();
         while buf.len() < BATCH_BYTES {
             match Pin::new(&mut self.events).poll_next(cx) {
                 Poll::Ready(Some((index, Ok(mut event)))) => {
@@ -168,7 +170,7 @@ impl Session {
                     self.encoder.event(buf, &event, id.as_deref());
                     self.events_sent += 1;
                     self.metrics.event(index);
-                    self.last_event = Instant::now();
+                    self.last_event = now;
                 }
                 Poll::Ready(Some((index, Err(error)))) => {
                     let source = &self.route.sources[index];
