@@ -468,6 +468,16 @@ async fn head_needs_the_credential_and_cors_preflights_do_not() {
     let token = hs(&claims(json!({})));
     let ok = head(Some(bearer(&token))).await.expect("HEAD");
     assert_eq!(ok.status(), 200);
+    // A protected stream is private: no shared cache keeps it.
+    assert_eq!(ok.headers()["cache-control"], "private, no-store");
+    // A browser without the credential gets no viewer page either.
+    let page = get(
+        &server,
+        "/rooms/lobby",
+        &[("accept", "text/html,application/xhtml+xml,*/*;q=0.8")],
+    )
+    .await;
+    assert_eq!(page.status(), 401);
 
     let preflight = client()
         .request(reqwest::Method::OPTIONS, server.url("/rooms/lobby"))
@@ -966,6 +976,23 @@ type = "jwt"
 secret = "${{MISSING_SECRET}}0123456789abcdef0123456789abcdef"
 [routes.f.backends.d]
 type = "demo"
+
+[routes.g]
+path = "/g"
+[routes.g.auth]
+type = "jwt"
+jwks_url = "http://issuer.test/jwks.json"
+[routes.g.backends.d]
+type = "demo"
+
+[routes.h]
+path = "/h"
+pass_headers = ["authorization", "x-trace"]
+[routes.h.auth]
+type = "bearer"
+tokens = ["test-only-token-0123456789"]
+[routes.h.backends.d]
+type = "demo"
 "#,
             bad = bad_jwks.display()
         ),
@@ -985,6 +1012,8 @@ type = "demo"
         "routes.b.auth.restrict.param",
         "routes.d.auth.tokens",
         "routes.e.auth.jwks_file",
+        "routes.g.auth.jwks_url",
+        "routes.h.pass_headers",
     ] {
         assert!(keys.contains(&key), "{key} not in:\n{text}");
     }
@@ -999,6 +1028,8 @@ type = "demo"
         "at least 16 characters",
         "cannot read",
         "give one of",
+        "is plain HTTP",
+        "backends must not receive it",
     ] {
         assert!(text.contains(reason), "{reason:?} not in:\n{text}");
     }

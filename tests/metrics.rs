@@ -712,6 +712,21 @@ fn metrics_config_is_checked() {
     let error = result.expect_err("short token").to_string();
     assert!(error.contains("at least 16 characters"), "{error}");
 
+    // Several processes on one port cannot share one metrics listener.
+    let (result, _) = load(
+        &format!(
+            "[server]
+reuse_port = true
+[server.metrics]
+listen = \"127.0.0.1:0\"
+{routes}"
+        ),
+        &[],
+    );
+    let error = result.expect_err("reuse_port with listen").to_string();
+    assert!(error.contains("server.metrics.listen"), "{error}");
+    assert!(error.contains("server.reuse_port"), "{error}");
+
     let (result, _) = load(
         &format!(
             "[server.metrics]\npath = \"/ops/metrics\"\ntokens = [\"${{METRICS_TOKEN}}\"]\n{}",

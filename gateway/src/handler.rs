@@ -184,6 +184,9 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
             authorization_source: gateway.authorization_source.as_ref(),
         })
         .await?;
+    // The credential's time runs from now: reading the body and opening the
+    // backends come out of it.
+    let checked = tokio::time::Instant::now();
     if let Some(name) = route.auth.query_param() {
         // The credential is not the backends' business.
         query.retain(|(k, _)| k != name);
@@ -199,7 +202,10 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
     }
     let negotiated = negotiate_format(&parts.headers, &query, readable)?;
     if gateway.shutdown.is_cancelled() {
-        gateway.metrics.refused(&route, Refused::ShuttingDown);
+        // HEAD opens no stream: no stream was refused.
+        if parts.method != Method::HEAD {
+            gateway.metrics.refused(&route, Refused::ShuttingDown);
+        }
         return Err(unavailable(
             "the gateway is shutting down; retry on another instance",
         ));
@@ -295,7 +301,11 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         permit,
         gateway.metrics.stream(&route, format, requested),
     )
-    .credential_expires(grant.valid_for);
+    .credential_expires(
+        grant
+            .valid_for
+            .map(|valid| valid.saturating_sub(checked.elapsed())),
+    );
     tracing::debug!(route = %route.name, %format, path, "Stream opened");
     Ok(stream_response(
         &route,
@@ -504,7 +514,13 @@ fn stream_response(
         header::CONTENT_TYPE,
         HeaderValue::from_static(negotiated.content_type),
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // A protected stream is nobody else's: no shared cache may keep it.
+    let cache = if route.auth.is_open() {
+        "no-cache"
+    } else {
+        "private, no-store"
+    };
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     headers.insert(ACCEL_BUFFERING, HeaderValue::from_static("no"));
     headers.insert(REQUEST_HOST, host);
     for (name, value) in &route.response_headers {

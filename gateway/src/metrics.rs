@@ -441,10 +441,19 @@ impl Collector for BackendCollector {
 /// The answer to a scrape.
 fn exposition(gateway: &Gateway) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(prometheus_client::encoding::prometheus_text::CONTENT_TYPE),
-        )],
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                ),
+            ),
+            // Behind a token: no shared cache may keep a copy.
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            ),
+        ],
         gateway.metrics.encode(),
     )
         .into_response()

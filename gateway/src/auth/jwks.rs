@@ -194,13 +194,24 @@ impl Jwks {
         refetch_interval: Duration,
         timeout: Duration,
         route: &str,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, String> {
+        // Redirects are followed (3 at most) only to where a JWKS may come
+        // from: never from HTTPS down to plain HTTP.
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            if attempt.previous().len() > 3 {
+                attempt.error("more than 3 redirects")
+            } else if !trusted_url(attempt.url()) {
+                attempt.error("a redirect to plain HTTP off loopback")
+            } else {
+                attempt.follow()
+            }
+        });
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(redirects)
             .build()
-            .unwrap_or_default();
+            .map_err(|e| format!("cannot make an HTTP client for jwks_url: {e}"))?;
         let jwks = Arc::new(Self {
             keys: RwLock::new(None),
             remote: Some(Remote {
@@ -226,7 +237,7 @@ impl Jwks {
                 }
             });
         }
-        jwks
+        Ok(jwks)
     }
 
     fn current(&self) -> Option<Arc<KeySet>> {
@@ -348,5 +359,21 @@ impl Jwks {
         }
         state.fetched = Some(Instant::now());
         Ok(())
+    }
+}
+
+/// Whether keys may be fetched from `url`: HTTPS anywhere, plain HTTP only
+/// on loopback (a local key server, and the tests).
+pub fn trusted_url(url: &reqwest::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => url.host_str().is_some_and(|host| {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            host.eq_ignore_ascii_case("localhost")
+                || bare
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }),
+        _ => false,
     }
 }

@@ -403,7 +403,7 @@ impl Jwt {
                 config.jwks_refetch_interval,
                 config.jwks_timeout,
                 route,
-            ))
+            )?)
         } else {
             return Err("no keys: `secret`, `jwks_file` or `jwks_url`".into());
         };

@@ -203,6 +203,16 @@ fn min_secret_bytes(alg: &str) -> usize {
 }
 
 impl AuthConfig {
+    /// Whether request header `name` can carry this route's credential.
+    pub fn carries_credential(&self, name: &str) -> bool {
+        self.from.iter().any(|place| match place {
+            CredentialPlace::Authorization => name.eq_ignore_ascii_case("authorization"),
+            CredentialPlace::Header => name.eq_ignore_ascii_case(&self.header_name),
+            CredentialPlace::Cookie => name.eq_ignore_ascii_case("cookie"),
+            CredentialPlace::Query => false,
+        })
+    }
+
     /// The accepted algorithms: the configured ones, or the default for the
     /// key source.
     pub fn effective_algorithms(&self) -> Vec<String> {
@@ -372,10 +382,16 @@ impl AuthConfig {
             }
         }
         if let Some(url) = &self.jwks_url {
-            if !(url.starts_with("https://") || url.starts_with("http://"))
-                || reqwest::Url::parse(url).is_err()
-            {
-                push("jwks_url", format!("{url:?} is not an http(s) URL"));
+            match reqwest::Url::parse(url) {
+                Ok(parsed) if crate::auth::jwks::trusted_url(&parsed) => {}
+                Ok(parsed) if parsed.scheme() == "http" => push(
+                    "jwks_url",
+                    format!(
+                        "{url:?} is plain HTTP: anyone on the way could hand the gateway \
+                         their own keys; use https:// (http:// is allowed on loopback only)"
+                    ),
+                ),
+                _ => push("jwks_url", format!("{url:?} is not an https:// URL")),
             }
         }
         for (key, value) in [

@@ -25,8 +25,9 @@ pub struct MetricsConfig {
     /// off the public port: keep it on a private address. Default: none.
     pub listen: Option<SocketAddr>,
     /// A path on the public port that serves the metrics to a client with
-    /// one of `tokens` (`Authorization: Bearer …`): 401 without a token,
-    /// 403 with another. A plain path (no parameters) that no route or
+    /// one of `tokens` (`Authorization: Bearer …`, or in the
+    /// `server.authorization_source` header when that is set, as behind
+    /// CloudFront): 401 without a token, 403 with another. A plain path (no parameters) that no route or
     /// publish path matches. Default: none.
     pub path: Option<String>,
     /// The bearer tokens that may read `path`; `${VAR}` inside one is

@@ -564,6 +564,14 @@ impl GatewayConfig {
                 }
             }
         }
+        if self.server.reuse_port && self.server.metrics.listen.is_some() {
+            problems.push((
+                "server.metrics.listen".into(),
+                "cannot be used with server.reuse_port: each process keeps its own counts and \
+                 only one could listen there; use server.metrics.path with tokens instead"
+                    .into(),
+            ));
+        }
         problems.extend(
             self.server
                 .metrics
@@ -654,6 +662,14 @@ impl RouteConfig {
                 problems.push((
                     "pass_headers".into(),
                     format!("{header:?} is not a valid header name"),
+                ));
+            } else if self.auth.kind != AuthType::None && self.auth.carries_credential(header) {
+                problems.push((
+                    "pass_headers".into(),
+                    format!(
+                        "{header:?} carries the client's credential for this route's auth: \
+                         backends must not receive it"
+                    ),
                 ));
             }
         }
