@@ -5,7 +5,9 @@
 //! compares the gateway to it.
 //!
 //! `ceiling [ADDR] [COUNT]` (default `127.0.0.1:0`, 2,000,000 events per
-//! stream); prints `Listening on http://ADDR/`.
+//! stream); prints `Listening on http://ADDR/`. `COUNT` 0 sends one event
+//! and then holds the stream open without a byte more: the floor of what an
+//! idle stream costs in hyper alone, for the idle benchmark.
 
 use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -55,10 +57,15 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-/// The events `1..=count`, in chunks.
+/// The events `1..=count`, in chunks (`count` 0: one, then nothing, ever).
 fn events(count: u64) -> impl futures::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+    let hold = count == 0;
+    let count = count.max(1);
     futures::stream::unfold(1u64, move |next| async move {
         if next > count {
+            if hold {
+                std::future::pending::<()>().await;
+            }
             return None;
         }
         let mut buf = BytesMut::with_capacity(CHUNK + 256);
