@@ -138,11 +138,10 @@ impl Encoder {
                 buf.put_u8(b'\n');
             }
             (Format::Sse, true) => {
-                let mut body = BytesMut::new();
-                write_envelope(&mut body, event, id);
-                // The envelope is compact JSON: valid UTF-8 on one line.
-                let body = std::str::from_utf8(&body).unwrap_or_default();
-                sse::write_event(buf, id, event.name.as_deref(), body);
+                // The envelope is compact JSON: one line, written in place.
+                sse::write_event_line(buf, id, event.name.as_deref(), |buf| {
+                    write_envelope(buf, event, id)
+                });
             }
             (Format::Sse, false) => {
                 sse::write_event(buf, id, event.name.as_deref(), event.data.as_str());

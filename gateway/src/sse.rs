@@ -15,16 +15,11 @@ use bytes::{BufMut, BytesMut};
 
 /// Writes one event: `id`, `event`, then the `data` lines, then a blank line.
 pub fn write_event(buf: &mut BytesMut, id: Option<&str>, name: Option<&str>, data: &str) {
-    if let Some(id) = id {
-        write_single_line(buf, b"id: ", id);
-    }
-    if let Some(name) = name.filter(|n| !n.is_empty()) {
-        write_single_line(buf, b"event: ", name);
-    }
+    write_head(buf, id, name);
     let mut rest = data;
     loop {
         buf.put_slice(b"data: ");
-        match rest.find(['\r', '\n']) {
+        match memchr::memchr2(b'\r', b'\n', rest.as_bytes()) {
             None => {
                 buf.put_slice(rest.as_bytes());
                 buf.put_u8(b'\n');
@@ -45,6 +40,29 @@ pub fn write_event(buf: &mut BytesMut, id: Option<&str>, name: Option<&str>, dat
     buf.put_u8(b'\n');
 }
 
+/// Writes one event whose data `write_line` writes straight into `buf`, as
+/// one line: it must write no CR or LF (compact JSON, say).
+pub fn write_event_line(
+    buf: &mut BytesMut,
+    id: Option<&str>,
+    name: Option<&str>,
+    write_line: impl FnOnce(&mut BytesMut),
+) {
+    write_head(buf, id, name);
+    buf.put_slice(b"data: ");
+    write_line(buf);
+    buf.put_slice(b"\n\n");
+}
+
+fn write_head(buf: &mut BytesMut, id: Option<&str>, name: Option<&str>) {
+    if let Some(id) = id {
+        write_single_line(buf, b"id: ", id);
+    }
+    if let Some(name) = name.filter(|n| !n.is_empty()) {
+        write_single_line(buf, b"event: ", name);
+    }
+}
+
 /// Writes a `retry:` field line. Followed by a blank line it stands alone
 /// (no event is dispatched); followed by an event's fields it belongs to it.
 pub fn write_retry(buf: &mut BytesMut, millis: u128) {
@@ -58,7 +76,7 @@ pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
 fn write_single_line(buf: &mut BytesMut, field: &[u8], value: &str) {
     buf.put_slice(field);
-    if value.contains(['\r', '\n', '\0']) {
+    if memchr::memchr3(b'\r', b'\n', b'\0', value.as_bytes()).is_some() {
         for c in value.chars() {
             let c = if matches!(c, '\r' | '\n' | '\0') {
                 char::REPLACEMENT_CHARACTER

@@ -5,6 +5,7 @@
 # delivered: deliveries per second at saturation), then at STEADY per second
 # (publish-to-delivery latency at a lower rate). Needs Redis on
 # 127.0.0.1:6379; nchan needs nginx and libnginx-mod-nchan (Debian).
+# One command: bash tests/bench/run.sh fanout.
 source "$(dirname "$0")/lib.sh"
 SUBSCRIBERS="${SUBSCRIBERS:-10000}"
 SATURATE="${SATURATE:-200}"
@@ -24,6 +25,8 @@ run() {
     --watch-pid "$WATCH_PID" --report "$RESULTS/$name.json"
 }
 
+# PEERS_ONLY=1 runs only the nchan half.
+if [ -z "${PEERS_ONLY:-}" ]; then
 redis-cli -h 127.0.0.1 del bench:fanout >/dev/null
 start_gateway "$BENCH_DIR/configs/fanout.toml"
 WATCH_PID="$GATEWAY_PID"
@@ -34,6 +37,7 @@ for rate in "$SATURATE" "$STEADY"; do
     --publish-header "$auth"
 done
 kill "$GATEWAY_PID"
+fi
 
 if ! command -v nginx >/dev/null 2>&1 || ! ls /usr/lib/nginx/modules/ngx_nchan_module.so >/dev/null 2>&1; then
   echo "nchan: nginx or libnginx-mod-nchan missing (apt-get install nginx-light libnginx-mod-nchan); skipped" >&2

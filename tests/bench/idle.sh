@@ -2,7 +2,8 @@
 # Scenario 2, idle streams held: CONNECTIONS (19,000) SSE streams held for
 # HOLD (60 s, four heartbeats) by one gateway process; its RSS per connection
 # and CPU at rest. Then the same total over GATEWAYS (4) processes sharing the
-# port with SO_REUSEPORT, with TOTAL (19,000 × GATEWAYS / 2) connections.
+# port with SO_REUSEPORT, with TOTAL (19,000 × GATEWAYS / 2) connections; then
+# the floor: the same idle streams from a bare hyper server.
 source "$(dirname "$0")/lib.sh"
 CONNECTIONS="${CONNECTIONS:-19000}"
 HOLD="${HOLD:-60s}"
@@ -26,3 +27,15 @@ done
 processes=$(( (TOTAL + 9499) / 9500 ))
 "$LOADGEN" "http://127.0.0.1:$port/idle" -c "$TOTAL" --rate 4000 --processes "$processes" --sources 16 \
   --hold "$HOLD" --idle-timeout 40s "${watch[@]}" --report "$RESULTS/idle-reuseport.json"
+for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+
+# The floor: the same idle streams from a bare hyper server (one event, then
+# nothing), what hyper alone costs per connection.
+log="$(mktemp -t bench-ceiling.XXXXXX)"
+"$BIN/ceiling" 127.0.0.1:0 0 2>"$log" &
+CEILING_PID=$!
+PIDS+=("$CEILING_PID")
+for _ in $(seq 50); do grep -q Listening "$log" && break; sleep 0.1; done
+addr="$(grep -o 'Listening on http://[^/]*' "$log" | sed 's|Listening on http://||')"
+"$LOADGEN" "http://$addr/idle" -c "$CONNECTIONS" --rate 4000 --processes 2 --sources 8 \
+  --hold 20s --ts-field "" --watch-pid "$CEILING_PID" --report "$RESULTS/idle-floor.json"
