@@ -500,17 +500,7 @@ impl Jwt {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| {
-                (
-                    HeaderName::try_from(*k).unwrap(),
-                    HeaderValue::try_from(*v).unwrap(),
-                )
-            })
-            .collect()
-    }
+    use crate::handler::tests::headers;
 
     #[test]
     fn bearer_values() {
@@ -545,23 +535,16 @@ mod tests {
         assert!(key_matches("*", "anything"));
     }
 
-    /// A stream whose credential expires ends then, with `gateway.close`
-    /// (`credential_expired`) and the last id, before its other deadlines.
-    #[tokio::test(start_paused = true)]
-    async fn a_stream_ends_when_its_credential_expires() {
-        use backends::testing::{Mock, Step, event};
+    /// Streams `steps` on a route with `config` in `format`, the credential
+    /// expiring after `expires`; returns the body and how long it ran.
+    async fn run_stream(
+        config: crate::config::RouteConfig,
+        steps: Vec<backends::testing::Step>,
+        format: crate::Format,
+        expires: Option<Duration>,
+    ) -> (String, Duration) {
         use futures::StreamExt;
-        use serde_json::json;
-
-        let mut config = crate::config::RouteConfig::new("/s");
-        config.heartbeat = Duration::from_secs(3600);
-        config.max_idle = Duration::from_secs(7200);
-        config.max_lifetime = Duration::from_secs(10_800);
-        let mock = Mock::new(vec![
-            Step::Event(event("7", "a", json!({"n": 7}))),
-            Step::Pending,
-        ]);
-        let backend: Arc<dyn backends::Backend> = Arc::new(mock);
+        let backend: Arc<dyn backends::Backend> = Arc::new(backends::testing::Mock::new(steps));
         let route = Arc::new(crate::Route::new("r", &config, vec![("b".into(), backend)]).unwrap());
         let events = crate::fanin::open(&route, &[backends::RequestContext::default()])
             .await
@@ -572,25 +555,42 @@ mod tests {
             .unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();
         let start = tokio::time::Instant::now();
-        let metrics = crate::metrics::Metrics::new([route.as_ref()]).stream(
-            &route,
-            crate::Format::Sse,
-            start,
-        );
+        let metrics = crate::metrics::Metrics::new([route.as_ref()]).stream(&route, format, start);
         let session = crate::session::Session::new(
             route,
-            crate::Format::Sse,
+            format,
             events,
             cursor,
             config.max_lifetime,
-            shutdown.clone().cancelled_owned(),
+            shutdown.cancelled_owned(),
             permit,
             metrics,
         )
-        .credential_expires(Some(Duration::from_secs(90)));
+        .credential_expires(expires);
         let chunks: Vec<_> = session.map(|c| c.unwrap()).collect().await;
-        let body = String::from_utf8(chunks.concat()).unwrap();
-        assert_eq!(start.elapsed(), Duration::from_secs(90), "{body}");
+        (String::from_utf8(chunks.concat()).unwrap(), start.elapsed())
+    }
+
+    /// A stream whose credential expires ends then, with `gateway.close`
+    /// (`credential_expired`) and the last id, before its other deadlines.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ends_when_its_credential_expires() {
+        use backends::testing::{Step, event};
+        use serde_json::json;
+
+        let mut config = crate::config::RouteConfig::new("/s");
+        config.heartbeat = Duration::from_secs(3600);
+        config.max_idle = Duration::from_secs(7200);
+        config.max_lifetime = Duration::from_secs(10_800);
+        let steps = vec![Step::Event(event("7", "a", json!({"n": 7}))), Step::Pending];
+        let (body, ran) = run_stream(
+            config,
+            steps,
+            crate::Format::Sse,
+            Some(Duration::from_secs(90)),
+        )
+        .await;
+        assert_eq!(ran, Duration::from_secs(90), "{body}");
         assert!(
             body.ends_with(
                 "retry: 3000\nid: 7\nevent: gateway.close\ndata: \
@@ -601,37 +601,11 @@ mod tests {
         );
 
         // Without an expiry, the same stream runs to its lifetime.
-        let mock: Arc<dyn backends::Backend> = Arc::new(Mock::new(vec![Step::Pending]));
         let mut config = crate::config::RouteConfig::new("/s");
         config.max_lifetime = Duration::from_secs(60);
-        let route = Arc::new(crate::Route::new("r", &config, vec![("b".into(), mock)]).unwrap());
-        let events = crate::fanin::open(&route, &[backends::RequestContext::default()])
-            .await
-            .unwrap();
-        let cursor = crate::cursor::Cursor::parse(Arc::clone(&route.sources), None).unwrap();
-        let permit = Arc::new(tokio::sync::Semaphore::new(1))
-            .try_acquire_owned()
-            .unwrap();
-        let start = tokio::time::Instant::now();
-        let metrics = crate::metrics::Metrics::new([route.as_ref()]).stream(
-            &route,
-            crate::Format::Ndjson,
-            start,
-        );
-        let session = crate::session::Session::new(
-            route,
-            crate::Format::Ndjson,
-            events,
-            cursor,
-            config.max_lifetime,
-            shutdown.cancelled_owned(),
-            permit,
-            metrics,
-        )
-        .credential_expires(None);
-        let chunks: Vec<_> = session.map(|c| c.unwrap()).collect().await;
-        let body = String::from_utf8(chunks.concat()).unwrap();
-        assert_eq!(start.elapsed(), Duration::from_secs(60));
+        let (body, ran) =
+            run_stream(config, vec![Step::Pending], crate::Format::Ndjson, None).await;
+        assert_eq!(ran, Duration::from_secs(60));
         assert!(body.contains("\"reason\":\"lifetime\""), "{body}");
     }
 }
