@@ -9,7 +9,7 @@
 //! gets the connection untouched and keeps its 8 KiB buffer.
 
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::time::Duration;
 
 use axum::Router;
@@ -92,29 +92,62 @@ async fn connection(tcp: TcpStream, router: Router, shutdown: CancellationToken)
     let io = TokioIo::new(tcp);
     let service = TowerToHyperService::new(router);
     let result = if http2 {
-        let conn = http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
-        until_done(conn, &shutdown, http2::Connection::graceful_shutdown).await
+        // Rare behind the CDN, and its state is large: on the heap, so that
+        // every HTTP/1 connection's task does not reserve room for it.
+        Box::pin(async {
+            let conn = http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
+            until_done(pin!(conn), &shutdown).await
+        })
+        .await
     } else {
-        let conn = http1::Builder::new().serve_connection(io, service);
-        until_done(conn, &shutdown, http1::Connection::graceful_shutdown).await
+        let conn = pin!(http1::Builder::new().serve_connection(io, service));
+        until_done(conn, &shutdown).await
     };
     if let Err(error) = result {
         tracing::trace!(%error, "Connection failed");
     }
 }
 
-/// Drives `conn` to its end; on `shutdown` it is asked to finish gracefully.
-async fn until_done<C: Future>(
-    conn: C,
-    shutdown: &CancellationToken,
-    graceful: fn(Pin<&mut C>),
-) -> C::Output {
-    tokio::pin!(conn);
+/// A connection that can be asked to finish: hyper's HTTP/1 and HTTP/2.
+trait Graceful: Future {
+    fn finish(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for http1::Connection<I, S>
+where
+    Self: Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn finish(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Graceful for http2::Connection<I, S, E>
+where
+    Self: Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn finish(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Drives `conn` (pinned where it lives, so it is stored once) to its end;
+/// on `shutdown` it is asked to finish gracefully.
+async fn until_done<C: Graceful>(mut conn: Pin<&mut C>, shutdown: &CancellationToken) -> C::Output {
     tokio::select! {
         done = conn.as_mut() => return done,
         () = shutdown.cancelled() => {}
     }
-    graceful(conn.as_mut());
+    conn.as_mut().finish();
     conn.await
 }
 
