@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use gateway_tests::{TestServer, client};
+use futures::StreamExt;
+use gateway_tests::{REFERENCE_LINES, TestServer, client, ndjson_lines};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -208,4 +209,34 @@ mod cors {
         );
         assert_eq!(keys(config(&[], false)), ["origins", "expose_headers"]);
     }
+}
+
+/// HTTP/2 with prior knowledge (h2c) is served on the same port as
+/// HTTP/1.1, streams included.
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served() {
+    let server = TestServer::default_config().await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let health = h2.get(server.url("/healthz")).send().await.expect("health");
+    assert_eq!(health.version(), reqwest::Version::HTTP_2);
+    assert_eq!(health.status(), 200);
+    let stream = h2
+        .get(server.url("/"))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.version(), reqwest::Version::HTTP_2);
+    let lines: Vec<String> = ndjson_lines(stream).collect().await;
+    assert_eq!(lines, REFERENCE_LINES);
+    let h1 = client()
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .expect("h1");
+    assert_eq!(h1.version(), reqwest::Version::HTTP_11);
 }

@@ -41,6 +41,7 @@ pub mod error;
 pub mod fanin;
 pub mod handler;
 pub mod lambda;
+mod listen;
 pub mod metrics;
 pub mod ndjson;
 pub mod negotiate;

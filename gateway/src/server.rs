@@ -10,7 +10,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -232,13 +231,7 @@ async fn health(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> io::Result<()> {
     let shutdown = gateway.shutdown_token();
     let grace = gateway.config.shutdown_grace;
-    // Events are small and must leave at once: no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app(gateway))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    let server = crate::listen::serve(listener, app(gateway), shutdown.clone());
     until_shutdown(
         server,
         shutdown,
