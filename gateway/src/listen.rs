@@ -25,8 +25,13 @@ use tokio_util::sync::CancellationToken;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How long a client that has sent part of the HTTP/2 preface gets to send
-/// the rest; then the connection is served as HTTP/1, which refuses it.
-const PREFACE_WAIT: Duration = Duration::from_secs(10);
+/// the rest (real clients send it in one write); then the connection is
+/// served as HTTP/1, which refuses it.
+const PREFACE_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a new connection may stay silent before it is closed: a socket
+/// that never sends a byte holds a file descriptor for nothing.
+const FIRST_BYTE_WAIT: Duration = Duration::from_secs(30);
 
 /// Serves `router` on `listener` until `shutdown`; then stops accepting,
 /// asks every connection to finish (HTTP/1 closes after the response in
@@ -47,7 +52,10 @@ pub(crate) async fn serve(
         let tcp = match accepted {
             Ok((tcp, _)) => tcp,
             Err(e) => {
-                accept_failed(e).await;
+                tokio::select! {
+                    () = accept_failed(e) => {}
+                    () = shutdown.cancelled() => break,
+                }
                 continue;
             }
         };
@@ -82,10 +90,13 @@ async fn accept_failed(error: io::Error) {
 }
 
 async fn connection(tcp: TcpStream, router: Router, shutdown: CancellationToken) {
+    // A request already sent is read and answered (with the 503 of a
+    // gateway shutting down), not cut.
     let http2 = tokio::select! {
-        found = speaks_http2(&tcp) => match found {
-            Ok(found) => found,
-            Err(_) => return,
+        biased;
+        found = tokio::time::timeout(FIRST_BYTE_WAIT, speaks_http2(&tcp)) => match found {
+            Ok(Ok(found)) => found,
+            Ok(Err(_)) | Err(_) => return,
         },
         () = shutdown.cancelled() => return,
     };
@@ -144,6 +155,7 @@ where
 /// on `shutdown` it is asked to finish gracefully.
 async fn until_done<C: Graceful>(mut conn: Pin<&mut C>, shutdown: &CancellationToken) -> C::Output {
     tokio::select! {
+        biased;
         done = conn.as_mut() => return done,
         () = shutdown.cancelled() => {}
     }

@@ -269,6 +269,9 @@ async fn run_worker(args: &Args, _limit: u64) -> anyhow::Result<Stats> {
             let at = started + Duration::from_secs_f64(i as f64 / args.rate);
             tokio::time::sleep_until(at.min(deadline)).await;
         }
+        // Counted when started, so that a run cut by `--max-time` before
+        // a connection's first poll still accounts for it.
+        stats.borrow_mut().connections += 1;
         let source = source_address(i, args.sources);
         let (target, plan, stats) = (Rc::clone(&target), Rc::clone(&plan), Rc::clone(&stats));
         tasks.push(tokio::task::spawn_local(async move {

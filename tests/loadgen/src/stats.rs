@@ -89,6 +89,8 @@ pub struct Stats {
     pub events: u64,
     pub body_bytes: u64,
     pub comments: u64,
+    /// Events or lines longer than `--max-event-bytes`, skipped.
+    pub oversized: u64,
     /// Events whose sequence skipped numbers, by how many were missing.
     pub gaps: u64,
     pub missing: u64,
@@ -131,6 +133,7 @@ impl Stats {
         self.events += other.events;
         self.body_bytes += other.body_bytes;
         self.comments += other.comments;
+        self.oversized += other.oversized;
         self.gaps += other.gaps;
         self.missing += other.missing;
         self.duplicates += other.duplicates;
@@ -177,6 +180,7 @@ impl From<&Stats> for Partial {
             ("events", s.events),
             ("body_bytes", s.body_bytes),
             ("comments", s.comments),
+            ("oversized", s.oversized),
             ("gaps", s.gaps),
             ("missing", s.missing),
             ("duplicates", s.duplicates),
@@ -222,6 +226,7 @@ impl From<&Partial> for Stats {
             events: c("events"),
             body_bytes: c("body_bytes"),
             comments: c("comments"),
+            oversized: c("oversized"),
             gaps: c("gaps"),
             missing: c("missing"),
             duplicates: c("duplicates"),
@@ -256,6 +261,7 @@ pub struct Report {
     pub events_per_second_in_window: f64,
     pub body_bytes: u64,
     pub heartbeats: u64,
+    pub oversized: u64,
     pub gaps: u64,
     pub missing: u64,
     pub duplicates: u64,
@@ -295,6 +301,7 @@ impl Report {
             },
             body_bytes: stats.body_bytes,
             heartbeats: stats.comments,
+            oversized: stats.oversized,
             gaps: stats.gaps,
             missing: stats.missing,
             duplicates: stats.duplicates,
