@@ -224,15 +224,9 @@ impl Redis {
     /// The backend for its settings (see [`RedisConfig::validate`]). It
     /// connects on first use.
     pub fn new(config: RedisConfig) -> Self {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| e.to_string());
         Self {
+            hub: Arc::new(Hub::new(&config.url)),
             config: Arc::new(config),
-            hub: Arc::new(Hub {
-                client,
-                commands: OnceCell::new(),
-                channels: Mutex::new(HashMap::new()),
-                stats: Arc::new(BackendStats::new("redis")),
-            }),
         }
     }
 
@@ -359,12 +353,7 @@ impl RedisPublisher {
     /// The publisher for its settings; it connects on first use.
     pub fn new(target: RedisTarget) -> Self {
         Self {
-            hub: Hub {
-                client: redis::Client::open(target.url.as_str()).map_err(|e| e.to_string()),
-                commands: OnceCell::new(),
-                channels: Mutex::new(HashMap::new()),
-                stats: Arc::new(BackendStats::new("redis")),
-            },
+            hub: Hub::new(&target.url),
             target,
         }
     }
@@ -396,6 +385,16 @@ fn unavailable(e: &redis::RedisError) -> BackendError {
 }
 
 impl Hub {
+    /// A hub for the server at `url`; nothing connects until first use.
+    fn new(url: &str) -> Self {
+        Self {
+            client: redis::Client::open(url).map_err(|e| e.to_string()),
+            commands: OnceCell::new(),
+            channels: Mutex::new(HashMap::new()),
+            stats: Arc::new(BackendStats::new("redis")),
+        }
+    }
+
     fn client(&self) -> Result<&redis::Client, BackendError> {
         self.client.as_ref().map_err(|e| {
             BackendError::new(
