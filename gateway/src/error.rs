@@ -63,6 +63,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.0.status
     }
+
+    /// What the error says, for people.
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
 }
 
 impl From<BackendError> for ApiError {

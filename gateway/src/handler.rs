@@ -21,6 +21,7 @@ use tower::{Layer, ServiceExt};
 use tracing::Instrument;
 
 use crate::auth::Presented;
+use crate::clients::{self, Peer, Slot};
 use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::fanin;
@@ -46,7 +47,7 @@ const LAST_EVENT_ID_PARAM: &str = "lastEventId";
 /// request id (`X-Request-Id`), and every log line of the request, its
 /// stream's included, carries it.
 pub async fn dispatch(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
-    let id = request_id(&gateway, &request);
+    let id = request_id(&gateway, request.headers(), request.extensions());
     let span = tracing::info_span!("request", request_id = %id);
     // A route open to other origins answers their preflights, and adds the
     // CORS headers to its answers (errors included).
@@ -69,7 +70,27 @@ pub async fn dispatch(State(gateway): State<Arc<Gateway>>, request: Request) -> 
             }
         }
     };
-    metrics_of.metrics.responded(response.status());
+    finish(&metrics_of, id, response)
+}
+
+/// Answers a request refused before it reached a route (by the listener's
+/// checks or limits) as every other error: a JSON body, the request id, a
+/// log line, counted.
+pub(crate) fn refuse(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+    error: ApiError,
+) -> Response {
+    let id = request_id(gateway, headers, extensions);
+    let status = error.status().as_u16();
+    tracing::info!(request_id = %id, status, "Request refused: {}", error.message());
+    finish(gateway, id, error.into_response())
+}
+
+/// What every answer gets: counted by status, `Vary: Accept`, its id.
+fn finish(gateway: &Gateway, id: String, response: Response) -> Response {
+    gateway.metrics.responded(response.status());
     let mut response = with_vary(response);
     if let Ok(value) = HeaderValue::try_from(id) {
         response.headers_mut().insert(REQUEST_ID, value);
@@ -88,10 +109,13 @@ async fn answer(gateway: Arc<Gateway>, request: Request) -> Response {
 /// CloudFront's `X-Amz-Cf-Id`), the Lambda invocation's (native mode, or the
 /// adapter's context inside Lambda), or a new one. A given id is used when
 /// it is 1 to 128 visible ASCII characters.
-fn request_id(gateway: &Gateway, request: &Request) -> String {
+fn request_id(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> String {
     let given = |name: &HeaderName| {
-        request
-            .headers()
+        headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
@@ -99,11 +123,7 @@ fn request_id(gateway: &Gateway, request: &Request) -> String {
     };
     given(&REQUEST_ID)
         .or_else(|| given(&CLOUDFRONT_ID))
-        .or_else(|| {
-            gateway
-                .deadlines
-                .request_id(request.headers(), request.extensions())
-        })
+        .or_else(|| gateway.deadlines.request_id(headers, extensions))
         .unwrap_or_else(new_request_id)
 }
 
@@ -232,6 +252,26 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
             gateway.config.max_streams
         )));
     };
+    let client = clients::client_of(
+        gateway.client_ip_header.as_ref(),
+        &parts.headers,
+        parts.extensions.get::<Peer>().copied(),
+    );
+    let client_slot = match client {
+        None => Slot::unlimited(),
+        Some(client) => gateway.client_streams.take(client).ok_or_else(|| {
+            gateway.metrics.refused(&route, Refused::PerClient);
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_streams",
+                format!(
+                    "this client holds its maximum of {} open streams",
+                    gateway.config.max_streams_per_client
+                ),
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+        })?,
+    };
 
     // EventSource sends the id UTF-8 encoded; an empty one means none.
     let header_id = match parts
@@ -301,6 +341,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         permit,
         gateway.metrics.stream(&route, format, requested),
     )
+    .holding(client_slot)
     .credential_expires(
         grant
             .valid_for

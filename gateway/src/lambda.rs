@@ -192,7 +192,7 @@ pub const EXTENSION_NAME: &str = "gateway-shutdown";
 /// Serves Lambda invocations through the Runtime API, each answered by the
 /// gateway's router as a streamed response, until the shutdown token is
 /// cancelled. Open streams then get their final event, and the runtime keeps
-/// running for `shutdown_grace` so those last bytes reach Lambda.
+/// running for the shutdown grace so those last bytes reach Lambda.
 ///
 /// Lambda sends SIGTERM before it shuts an environment down only when an
 /// extension is registered, so `run` first registers an internal one that
@@ -203,11 +203,10 @@ pub async fn run(gateway: Arc<Gateway>) -> Result<(), lambda_http::Error> {
         tracing::warn!(%error, "Could not register for Lambda's SIGTERM; streams end at their deadline only");
     }
     let shutdown = gateway.shutdown_token();
-    let grace = gateway.config.shutdown_grace;
-    let runtime = lambda_http::run_with_streaming_response(app(gateway));
+    let runtime = lambda_http::run_with_streaming_response(app(Arc::clone(&gateway)));
     // The runtime never returns by itself: the grace always runs out, and
     // that is no news.
-    until_shutdown(runtime, shutdown, grace, None).await
+    until_shutdown(runtime, shutdown, || gateway.shutdown_grace(), None).await
 }
 
 /// Registers [`EXTENSION_NAME`] with the Extensions API and waits for its

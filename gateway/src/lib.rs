@@ -9,6 +9,11 @@
 //! - [`server`]: [`Gateway`] (routes, stream limit, shutdown token),
 //!   [`app`] (the axum `Router`) and [`serve`]; the binary, Lambda and the
 //!   tests all go through these.
+//! - `listen`: the accept loop and each connection's bounds: connections
+//!   at once and per client, the request head's time and size, strict
+//!   HTTP/1.1, keep-alive idle time.
+//! - [`clients`]: who a client is (its address, or a trusted proxy's
+//!   header) and how many connections and streams each holds.
 //! - [`handler`]: one request, from path match to the opened stream.
 //! - [`negotiate`]: `Accept` and `?format=` to a [`Format`].
 //! - [`fanin`]: opens a route's backends and merges their events.
@@ -34,6 +39,7 @@
 //! client goes away hyper drops the body, and with it every backend stream.
 
 pub mod auth;
+pub mod clients;
 pub mod config;
 pub mod cursor;
 pub mod encode;
@@ -52,6 +58,7 @@ pub mod sse;
 pub mod viewer;
 
 pub use error::ApiError;
+pub use listen::REFUSING;
 pub use negotiate::Format;
 pub use route::Route;
 pub use server::{Gateway, app, serve};

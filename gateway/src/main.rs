@@ -2,6 +2,7 @@
 //! It only wires the library's parts together.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use gateway::Gateway;
 use gateway::config::{self, GatewayConfig, LogFormat, Source};
 use gateway::lambda::{self, Serving};
 use tokio::net::{TcpListener, TcpSocket};
+use tracing_appender::non_blocking::WorkerGuard;
 
 /// Streams events from configured backends as NDJSON or Server-Sent Events.
 #[derive(Debug, Parser)]
@@ -74,7 +76,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_tracing(config.server.log_format);
+    let _log = init_tracing(config.server.log_format);
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -85,17 +87,33 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs go to stderr through a writer thread of their own, so that a slow
+/// reader of stderr (a pipe to a log shipper) never stalls the runtime's
+/// workers; the returned guard writes out what is left when it is dropped.
+/// Lines queue in memory (at most [`LOG_LINES_QUEUED`]; past that, a worker
+/// waits rather than a line being lost). Colours only on a terminal.
+fn init_tracing(format: LogFormat) -> WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_LINES_QUEUED)
+        .thread_name("gateway-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
+
+/// Log lines waiting for the writer thread, at most: room for a line per
+/// stream of a full gateway ending at once.
+const LOG_LINES_QUEUED: usize = 128_000;
 
 #[tokio::main]
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
@@ -140,10 +158,11 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let addr = SocketAddr::new(config.server.host, config.server.port);
     let listener = listen(addr, config.server.reuse_port)
         .with_context(|| format!("cannot listen on {addr}"))?;
-    check_open_files(config.server.max_streams);
+    check_open_files(config.server.max_connections);
     let local = listener.local_addr()?;
     tracing::info!(address = %local, routes = config.routes.len(), "Listening on http://{local}/");
     gateway::serve(listener, gateway).await?;
+    tracing::info!("Stopped serving");
     Ok(())
 }
 
@@ -167,10 +186,11 @@ fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Every stream holds an open file: the soft limit is raised to the hard
-/// one, and a `max_streams` that does not fit is worth a warning (past the
-/// limit, new connections wait until others close).
-fn check_open_files(max_streams: usize) {
+/// Every connection holds an open file: the soft limit is raised to the
+/// hard one, and `max_connections` (with the connections being refused,
+/// at most [`gateway::REFUSING`]) that do not fit are worth a warning: past
+/// the limit, accepting fails until connections close.
+fn check_open_files(max_connections: usize) {
     #[cfg(unix)]
     {
         use rustix::process::{Resource, getrlimit, setrlimit};
@@ -182,17 +202,18 @@ fn check_open_files(max_streams: usize) {
             }
         }
         let open_files = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
-        // Listener, logs, backend connections: some room besides streams.
-        if (max_streams as u64).saturating_add(64) > open_files {
+        // Listener, logs, backend connections: some room besides clients.
+        let needed = max_connections.saturating_add(gateway::REFUSING + 64);
+        if needed as u64 > open_files {
             tracing::warn!(
                 open_files,
-                max_streams,
-                "server.max_streams does not fit in the open-file limit: connections past it wait (raise the hard limit or use reuse_port with more processes)"
+                max_connections,
+                "server.max_connections does not fit in the open-file limit: past it, connections wait to be accepted (lower max_connections, raise the hard limit, or use reuse_port with more processes)"
             );
         }
     }
     #[cfg(not(unix))]
-    let _ = max_streams;
+    let _ = max_connections;
 }
 
 /// SIGTERM (Lambda, containers) or SIGINT (Ctrl-C).

@@ -24,7 +24,9 @@
 //! | `gateway_events_sent_total` | counter | route, backend |
 //! | `gateway_sent_bytes_total` | counter | route, format |
 //! | `gateway_backend_errors_total` | counter | route, backend, phase (`open`, `stream`), kind |
-//! | `gateway_streams_refused_total` | counter | route, reason (`full`, `shutting_down`) |
+//! | `gateway_streams_refused_total` | counter | route, reason (`full`, `per_client`, `shutting_down`) |
+//! | `gateway_connections_refused_total` | counter | reason (`max_connections`, `per_client`), outcome (`answered`, `closed`) |
+//! | `gateway_connection_timeouts_total` | counter | phase (`head`, `idle`) |
 //! | `gateway_responses_total` | counter | class (`2xx` … `5xx`) |
 //! | `gateway_stream_duration_seconds` | histogram | route |
 //! | `gateway_time_to_first_event_seconds` | histogram | route |
@@ -103,6 +105,17 @@ struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionRefusedLabels {
+    reason: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabels {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResponseLabels {
     class: &'static str,
 }
@@ -122,6 +135,8 @@ type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 pub enum Refused {
     /// `server.max_streams` were open.
     Full,
+    /// The client held `server.max_streams_per_client`.
+    PerClient,
     /// The gateway is shutting down.
     ShuttingDown,
 }
@@ -135,6 +150,8 @@ pub struct Metrics {
     bytes: Family<StreamLabels, Counter>,
     backend_errors: Family<ErrorLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
+    connections_refused: Family<ConnectionRefusedLabels, Counter>,
+    timeouts: Family<TimeoutLabels, Counter>,
     responses: Family<ResponseLabels, Counter>,
     durations: HistogramFamily,
     first_events: HistogramFamily,
@@ -173,8 +190,20 @@ impl Metrics {
         let refused = Family::default();
         registry.register(
             "gateway_streams_refused",
-            "Streams refused with 503: the gateway held server.max_streams, or was shutting down",
+            "Streams refused: the gateway held server.max_streams (503), the client held server.max_streams_per_client (429), or the gateway was shutting down (503)",
             refused.clone(),
+        );
+        let connections_refused = Family::default();
+        registry.register(
+            "gateway_connections_refused",
+            "Connections over server.max_connections (503) or server.max_connections_per_client (429): answered with the refusal, or closed at once when too many were being refused",
+            connections_refused.clone(),
+        );
+        let timeouts = Family::default();
+        registry.register(
+            "gateway_connection_timeouts",
+            "Connections closed because a request head did not arrive within server.head_timeout (408), or they stayed idle past server.keep_alive_timeout",
+            timeouts.clone(),
         );
         let responses = Family::default();
         registry.register(
@@ -221,6 +250,8 @@ impl Metrics {
             bytes,
             backend_errors,
             refused,
+            connections_refused,
+            timeouts,
             responses,
             durations,
             first_events,
@@ -293,6 +324,7 @@ impl Metrics {
     pub fn refused(&self, route: &Route, why: Refused) {
         let reason = match why {
             Refused::Full => "full",
+            Refused::PerClient => "per_client",
             Refused::ShuttingDown => "shutting_down",
         };
         self.refused
@@ -301,6 +333,20 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// A connection over a limit (`reason`) was refused: answered so, or
+    /// `closed` at once.
+    pub fn connection_refused(&self, reason: &'static str, closed: bool) {
+        let outcome = if closed { "closed" } else { "answered" };
+        self.connections_refused
+            .get_or_create(&ConnectionRefusedLabels { reason, outcome })
+            .inc();
+    }
+
+    /// A connection was closed when its `phase` (`head`, `idle`) ran out.
+    pub fn connection_timed_out(&self, phase: &'static str) {
+        self.timeouts.get_or_create(&TimeoutLabels { phase }).inc();
     }
 
     /// A stream or publish request was answered with `status`.

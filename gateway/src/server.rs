@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use axum::http::HeaderName;
 use backends::publish::Publisher;
 
+use crate::clients::Tally;
 use crate::config::{
     ConfigError, ConfigProblem, GatewayConfig, HEALTH_PATH, LambdaConfig, ServerConfig,
 };
@@ -45,6 +46,10 @@ pub struct Gateway {
     pub(crate) metrics: Metrics,
     /// Who may read the metrics on the public port (`server.metrics.tokens`).
     pub(crate) metrics_auth: crate::auth::Auth,
+    /// Streams open per client (`server.max_streams_per_client`).
+    pub(crate) client_streams: Arc<Tally>,
+    /// The header naming the client's address (`server.client_ip_header`).
+    pub(crate) client_ip_header: Option<HeaderName>,
 }
 
 /// A path where clients holding one of `tokens` append events.
@@ -107,20 +112,23 @@ impl Gateway {
     pub fn new(config: ServerConfig, routes: Vec<Route>) -> Result<Self, ConfigError> {
         let mut router = matchit::Router::new();
         let mut problems = Vec::new();
-        let authorization_source = match config.authorization_source.as_deref() {
-            None => None,
-            Some(name) => match HeaderName::try_from(name) {
-                Ok(name) => Some(name),
-                Err(e) => {
+        let mut header = |key: &str, name: Option<&str>| {
+            let parsed = name.map(HeaderName::try_from)?;
+            parsed
+                .map_err(|e| {
                     problems.push(ConfigProblem {
                         origin: "server".into(),
-                        key: "authorization_source".into(),
+                        key: key.into(),
                         reason: e.to_string(),
                     });
-                    None
-                }
-            },
+                })
+                .ok()
         };
+        let client_ip_header = header("client_ip_header", config.client_ip_header.as_deref());
+        let authorization_source = header(
+            "authorization_source",
+            config.authorization_source.as_deref(),
+        );
         problems.extend(
             config
                 .metrics
@@ -162,6 +170,8 @@ impl Gateway {
         let metrics_auth = crate::auth::Auth::bearer(config.metrics.tokens.clone());
         Ok(Self {
             metrics_auth,
+            client_streams: Tally::new(config.max_streams_per_client),
+            client_ip_header,
             routes: router,
             streams: Arc::new(Semaphore::new(capacity)),
             capacity,
@@ -197,6 +207,16 @@ impl Gateway {
     pub fn open_streams(&self) -> usize {
         self.capacity - self.streams.available_permits()
     }
+
+    /// How long shutdown waits for connections to finish, from now:
+    /// `shutdown_grace`, and `shutdown_grace_per_stream` for each open
+    /// stream (each has its final event to write and its connection to
+    /// close).
+    pub fn shutdown_grace(&self) -> Duration {
+        let per_stream = self.config.shutdown_grace_per_stream;
+        let streams = u32::try_from(self.open_streams()).unwrap_or(u32::MAX);
+        self.config.shutdown_grace + per_stream.saturating_mul(streams)
+    }
 }
 
 /// The HTTP application: `/healthz`, and every stream route.
@@ -230,25 +250,30 @@ async fn health(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
 /// (a client that does not read must not hold the process).
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> io::Result<()> {
     let shutdown = gateway.shutdown_token();
-    let grace = gateway.config.shutdown_grace;
-    let server = crate::listen::serve(listener, app(gateway), shutdown.clone());
+    let server = crate::listen::serve(
+        listener,
+        Arc::clone(&gateway),
+        app(Arc::clone(&gateway)),
+        shutdown.clone(),
+    );
     until_shutdown(
         server,
         shutdown,
-        grace,
+        || gateway.shutdown_grace(),
         Some("Connections still open after the shutdown grace; closing them"),
     )
     .await
 }
 
-/// Runs `service` until `shutdown`, then gives it `grace` to finish (every
-/// open stream's final event is on its way) before returning anyway: a
-/// client that does not read must not hold the process. `late`, when given,
-/// is the warning for a service still running after the grace.
+/// Runs `service` until `shutdown`, then gives it `grace()` (read at that
+/// moment) to finish (every open stream's final event is on its way) before
+/// returning anyway: a client that does not read must not hold the
+/// process. `late`, when given, is the warning for a service still running
+/// after the grace.
 pub(crate) async fn until_shutdown<E>(
     service: impl Future<Output = Result<(), E>>,
     shutdown: CancellationToken,
-    grace: Duration,
+    grace: impl FnOnce() -> Duration,
     late: Option<&str>,
 ) -> Result<(), E> {
     tokio::pin!(service);
@@ -256,6 +281,7 @@ pub(crate) async fn until_shutdown<E>(
         result = &mut service => return result,
         () = shutdown.cancelled() => {}
     }
+    let grace = grace();
     match tokio::time::timeout(grace, service).await {
         Ok(result) => result,
         Err(_) => {

@@ -29,6 +29,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::clients::Slot;
 use crate::config::ErrorPolicy;
 use crate::cursor::Cursor;
 use crate::encode::{CloseReason, Encoder, error_event};
@@ -70,6 +71,8 @@ pub struct Session {
     events_sent: u64,
     bytes_sent: u64,
     _permit: OwnedSemaphorePermit,
+    /// Its client's place among `max_streams_per_client`.
+    _client: Slot,
     /// Counts the stream's events, bytes and errors as they go.
     metrics: StreamMetrics,
     /// Mid-stream backend failures, and the last one's backend and kind.
@@ -127,6 +130,7 @@ impl Session {
             events_sent: 0,
             bytes_sent: 0,
             _permit: permit,
+            _client: Slot::unlimited(),
             metrics,
             errors: 0,
             last_error: None,
@@ -134,6 +138,13 @@ impl Session {
             span: tracing::Span::current(),
             route,
         }
+    }
+
+    /// Holds `slot` (the client's place among its streams) until the
+    /// stream ends.
+    pub fn holding(mut self, slot: Slot) -> Self {
+        self._client = slot;
+        self
     }
 
     /// Ends the stream `after` from now, when the client's credential

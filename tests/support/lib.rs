@@ -274,3 +274,91 @@ pub async fn read_numbered(
     }
     (seen, error)
 }
+
+/// A response read off a raw socket: status, headers (lowercase names) and
+/// body (the bytes after the head, not de-chunked).
+#[derive(Debug)]
+pub struct RawResponse {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    /// Whatever followed the head.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (a `Content-Length` body).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("{:?} is not JSON: {e}", String::from_utf8_lossy(&self.body))
+        })
+    }
+
+    /// Parses the first response in `bytes`.
+    pub fn parse(bytes: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(bytes);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no complete response head in {text:?}"));
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Self {
+            status,
+            headers,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// Reads `tcp` until the server closes it (or `limit` passes: then the
+/// test fails), returning every byte.
+pub async fn read_to_close(tcp: &mut tokio::net::TcpStream, limit: std::time::Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    tokio::time::timeout(limit, tcp.read_to_end(&mut bytes))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "still open after {limit:?}; read {:?}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+        .or_else(|e| {
+            // A reset after the answer is a close too.
+            if e.kind() == std::io::ErrorKind::ConnectionReset {
+                Ok(0)
+            } else {
+                Err(e)
+            }
+        })
+        .expect("read");
+    bytes
+}
+
+/// Sends `request` on a new connection to `addr` and reads until the server
+/// closes it.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(request).await.expect("write");
+    let bytes = read_to_close(&mut tcp, std::time::Duration::from_secs(30)).await;
+    RawResponse::parse(&bytes)
+}
