@@ -58,7 +58,7 @@ pub mod sse;
 pub mod viewer;
 
 pub use error::ApiError;
-pub use listen::REFUSING;
+pub use listen::{REFUSING, serve_http1_io};
 pub use negotiate::Format;
 pub use route::Route;
 pub use server::{Gateway, app, serve};

@@ -36,6 +36,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
@@ -70,6 +71,21 @@ struct Shared {
     phases: PhaseLimits,
 }
 
+impl Shared {
+    fn new(gateway: Arc<Gateway>, router: Router, shutdown: CancellationToken) -> Self {
+        let phases = PhaseLimits {
+            head: gateway.config.head_timeout,
+            idle: gateway.config.keep_alive_timeout,
+        };
+        Self {
+            gateway,
+            router,
+            shutdown,
+            phases,
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown`; then stops accepting,
 /// asks every connection to finish (HTTP/1 closes after the response in
 /// flight, HTTP/2 sends GOAWAY) and returns once all have closed.
@@ -90,15 +106,7 @@ pub(crate) async fn serve(
     } else {
         config.max_connections_per_client
     });
-    let shared = Arc::new(Shared {
-        phases: PhaseLimits {
-            head: config.head_timeout,
-            idle: config.keep_alive_timeout,
-        },
-        gateway: Arc::clone(&gateway),
-        router,
-        shutdown: shutdown.clone(),
-    });
+    let shared = Arc::new(Shared::new(Arc::clone(&gateway), router, shutdown.clone()));
     // Every connection task holds a receiver; `closed` resolves when the
     // last one is gone.
     let (open_tx, open_rx) = watch::channel(());
@@ -189,7 +197,13 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, refusal: 
         },
         () = shutdown.cancelled() => return,
     };
-    let state = ConnState::new(accepted, !http2);
+    if !http2 {
+        if let Some(tcp) = http1(tcp, accepted, peer, shared, refusal).await {
+            request_timeout(&tcp, shared.phases.head);
+        }
+        return;
+    }
+    let state = ConnState::new(accepted, false);
     let io = TokioIo::new(Watched::new(tcp, Arc::clone(&state)));
     let service = ConnService {
         gateway: Arc::clone(&shared.gateway),
@@ -197,45 +211,80 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, refusal: 
         state: Arc::clone(&state),
         peer,
         refusal,
-        http1: !http2,
+        http1: false,
     };
     let max_head = shared.gateway.config.max_head_bytes;
-    if http2 {
-        // Rare behind the CDN, and its state is large: on the heap, so that
-        // every HTTP/1 connection's task does not reserve room for it.
-        Box::pin(async {
-            let conn = http2::Builder::new(TokioExecutor::new())
-                .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
-                .serve_connection(io, service);
-            let mut conn = pin!(conn);
-            match until_done(conn.as_mut(), &state, shared).await {
-                Ok(result) => log_failure(result),
-                Err(expired) => shared
-                    .gateway
-                    .metrics
-                    .connection_timed_out(expired.as_str()),
-            }
-        })
-        .await;
-        return;
-    }
+    // Rare behind the CDN, and its state is large: on the heap, so that
+    // every HTTP/1 connection's task does not reserve room for it.
+    Box::pin(async {
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+            .serve_connection(io, service);
+        let mut conn = pin!(conn);
+        match until_done(conn.as_mut(), &state, shared).await {
+            Ok(result) => log_failure(result),
+            Err(expired) => shared
+                .gateway
+                .metrics
+                .connection_timed_out(expired.as_str()),
+        }
+    })
+    .await;
+}
+
+/// Serves an HTTP/1 connection over `io`, accepted at `accepted`; gives
+/// `io` back when a request head did not arrive in time, for the 408.
+async fn http1<I>(
+    io: I,
+    accepted: Instant,
+    peer: SocketAddr,
+    shared: &Shared,
+    refusal: Option<Refusal>,
+) -> Option<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = ConnState::new(accepted, true);
+    let service = ConnService {
+        gateway: Arc::clone(&shared.gateway),
+        router: shared.router.clone(),
+        state: Arc::clone(&state),
+        peer,
+        refusal,
+        http1: true,
+    };
     let mut conn = http1::Builder::new()
-        .max_header_size(max_head)
+        .max_header_size(shared.gateway.config.max_head_bytes)
         .keep_alive(refusal.is_none())
-        .serve_connection(io, service);
+        .serve_connection(TokioIo::new(Watched::new(io, Arc::clone(&state))), service);
     match until_done(Pin::new(&mut conn), &state, shared).await {
-        Ok(result) => log_failure(result),
+        Ok(result) => {
+            log_failure(result);
+            None
+        }
         Err(expired) => {
             shared
                 .gateway
                 .metrics
                 .connection_timed_out(expired.as_str());
-            if expired == Expired::Head {
-                let tcp = conn.into_parts().io.into_inner().into_inner();
-                request_timeout(&tcp, shared.phases.head);
-            }
+            let timed_out = expired == Expired::Head;
+            timed_out.then(|| conn.into_parts().io.into_inner().into_inner())
         }
     }
+}
+
+/// Serves one HTTP/1 connection over any byte stream exactly as the
+/// listener serves an accepted socket (limits, strict checks, phases),
+/// from `peer`; for the fuzzer, which sends request heads through it in
+/// memory. A head that does not arrive in time ends it, without the 408.
+#[doc(hidden)]
+pub async fn serve_http1_io<I>(gateway: Arc<Gateway>, io: I, peer: SocketAddr)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (router, shutdown) = (crate::app(Arc::clone(&gateway)), gateway.shutdown_token());
+    let shared = Shared::new(gateway, router, shutdown);
+    http1(io, Instant::now(), peer, &shared, None).await;
 }
 
 fn log_failure(result: Result<(), hyper::Error>) {
