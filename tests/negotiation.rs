@@ -74,6 +74,51 @@ async fn accept_matrix() {
     }
 }
 
+/// The README's table of `Accept` examples, row by row: what it promises is
+/// what a real server does.
+#[tokio::test]
+async fn the_readme_examples_are_what_the_server_does() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let table = readme
+        .split("<!-- accept-examples -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- /accept-examples -->").next())
+        .expect("the README's accept-examples table");
+    let code = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    let server = TestServer::default_config().await;
+    let mut rows = 0;
+    for row in table.lines().filter(|l| l.starts_with('|')).skip(2) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (accepts, expected) = (cells[1], code(cells[2]));
+        let mut values: Vec<Option<String>> = code(accepts).into_iter().map(Some).collect();
+        if accepts.starts_with("none") {
+            values.push(None);
+        }
+        for accept in values {
+            let mut request = client().head(server.url("/"));
+            if let Some(accept) = &accept {
+                request = request.header("accept", accept.as_str());
+            }
+            let response = request.send().await.unwrap();
+            let got = if response.status() == 406 {
+                "406".to_string()
+            } else {
+                response.headers()["content-type"].to_str().unwrap().to_string()
+            };
+            assert_eq!(got, expected[0], "README row {row:?}, Accept {accept:?}");
+            rows += 1;
+        }
+    }
+    assert!(rows >= 8, "only {rows} examples read from the README");
+}
+
 #[tokio::test]
 async fn not_acceptable_lists_what_is_offered() {
     let server = TestServer::default_config().await;
