@@ -42,6 +42,8 @@ const CLIENT_TOKEN: &str = "Bearer client-token";
 /// `GATEWAY__SERVER__AUTHORIZATION_SOURCE` to it, and the viewer function
 /// moves `Authorization` there).
 const AUTHORIZATION_SOURCE: &str = "x-client-authorization";
+/// Where the template's gateway reads who a client is.
+const CLIENT_IP_HEADER: &str = "cloudfront-viewer-address";
 /// A query whose values need encoding, to be signed and verified.
 const QUERY: &str = "q=hello%20world&name=J%C3%BCrgen&lang=en";
 /// How long a step may take before the test calls it stuck. Only a guard:
@@ -94,10 +96,17 @@ struct Chain {
 
 impl Chain {
     async fn start() -> Self {
+        Self::with(ServerConfig::default()).await
+    }
+
+    /// The chain with the gateway's `server` settings as the template sets
+    /// them (the rest as given).
+    async fn with(server: ServerConfig) -> Self {
         let backend = Arc::new(Recorder::default());
         let server = ServerConfig {
             authorization_source: Some(AUTHORIZATION_SOURCE.into()),
-            ..ServerConfig::default()
+            client_ip_header: Some(CLIENT_IP_HEADER.into()),
+            ..server
         };
         let gateway = TestServer::route(
             "/",
@@ -214,6 +223,7 @@ fn the_template_forwards_what_the_gateway_needs() {
         "Content-Type",
         "Origin",
         AUTHORIZATION_SOURCE,
+        CLIENT_IP_HEADER,
     ] {
         assert!(
             policy.forwards(needed),
@@ -228,6 +238,61 @@ fn the_template_forwards_what_the_gateway_needs() {
     }
     assert_eq!(policy.query_string_behavior, "all");
     assert_eq!(policy.cookie_behavior, "none");
+}
+
+/// The template tells the gateway the headers the policy forwards.
+#[test]
+fn the_template_sets_the_headers_the_gateway_reads() {
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/template.yaml"
+    ))
+    .expect("deploy/template.yaml");
+    for (variable, value) in [
+        (
+            "GATEWAY__SERVER__AUTHORIZATION_SOURCE",
+            AUTHORIZATION_SOURCE,
+        ),
+        ("GATEWAY__SERVER__CLIENT_IP_HEADER", CLIENT_IP_HEADER),
+    ] {
+        let line = format!("{variable}: {value}");
+        assert!(template.contains(&line), "the template must set {line}");
+    }
+}
+
+/// Behind CloudFront a client is the viewer CloudFront names: its streams
+/// count together, and a `CloudFront-Viewer-Address` the viewer sends
+/// itself is never believed.
+#[tokio::test]
+async fn streams_per_client_count_the_viewer_cloudfront_names() {
+    let chain = Chain::with(ServerConfig {
+        max_streams_per_client: 1,
+        ..ServerConfig::default()
+    })
+    .await;
+    let open = |spoofed: &'static str| {
+        let chain = &chain;
+        async move {
+            let viewer =
+                viewer("GET", "application/x-ndjson").header("cloudfront-viewer-address", spoofed);
+            let origin = chain
+                .through_the_edge(&viewer)
+                .await
+                .expect("the edge passes a GET on");
+            assert_eq!(
+                origin.get("cloudfront-viewer-address"),
+                Some("198.51.100.11:46532")
+            );
+            chain
+                .send(&cloudfront::oac_sign(&origin, SystemTime::now()))
+                .await
+        }
+    };
+    let first = open("203.0.113.1:1").await;
+    assert_eq!(first.status(), 200);
+    let second = open("203.0.113.2:2").await;
+    assert_eq!(second.status(), 429, "the same viewer, whatever it claims");
+    drop(first);
 }
 
 /// The text extraction reads both YAML list styles and skips comments.

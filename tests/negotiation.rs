@@ -110,7 +110,10 @@ async fn the_readme_examples_are_what_the_server_does() {
             let got = if response.status() == 406 {
                 "406".to_string()
             } else {
-                response.headers()["content-type"].to_str().unwrap().to_string()
+                response.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .to_string()
             };
             assert_eq!(got, expected[0], "README row {row:?}, Accept {accept:?}");
             rows += 1;

@@ -22,6 +22,8 @@ pub const DISTRIBUTION_DOMAIN: &str = "d111111abcdef8.cloudfront.net";
 const DISTRIBUTION_ID: &str = "EDFDVBD6EXAMPLE";
 /// The viewer's address, for the events.
 const VIEWER_IP: &str = "198.51.100.11";
+/// The viewer's source port, for `CloudFront-Viewer-Address`.
+const VIEWER_PORT: u16 = 46532;
 /// The region of the Function URL, and so of OAC's signature.
 pub const REGION: &str = "us-east-1";
 /// The signing name of a Function URL.
@@ -373,10 +375,14 @@ impl OriginRequestPolicy {
     /// viewer headers, the origin's own `Host` (unless the viewer's is
     /// forwarded), the query string if the policy passes it, and the body
     /// with its length.
+    /// CloudFront's own headers (`CloudFront-…`) come from CloudFront, never
+    /// from the viewer: `CloudFront-Viewer-Address` (the viewer's
+    /// `ip:port`) when the policy names it.
     pub fn apply(&self, viewer: &Request, origin_host: &str) -> Request {
         let mut headers: Vec<(String, String)> = viewer
             .headers
             .iter()
+            .filter(|(name, _)| !name.starts_with("cloudfront-"))
             .filter(|(name, _)| name != "host" && name != "content-length" && self.forwards(name))
             .filter(|(name, _)| name != "cookie" || self.cookie_behavior != "none")
             .cloned()
@@ -386,6 +392,12 @@ impl OriginRequestPolicy {
             _ => origin_host.to_string(),
         };
         headers.insert(0, ("host".into(), host));
+        if self.forwards("cloudfront-viewer-address") {
+            headers.push((
+                "cloudfront-viewer-address".into(),
+                format!("{VIEWER_IP}:{VIEWER_PORT}"),
+            ));
+        }
         if !viewer.body.is_empty() {
             headers.push(("content-length".into(), viewer.body.len().to_string()));
         }
