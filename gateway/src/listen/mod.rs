@@ -203,6 +203,11 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, refusal: 
         }
         return;
     }
+    if refusal.is_some() {
+        // HTTP/2 cannot be told to close after one answer as HTTP/1 can
+        // (its connection would idle on): closed at once.
+        return;
+    }
     let state = ConnState::new(accepted, false);
     let io = TokioIo::new(Watched::new(tcp, Arc::clone(&state)));
     let service = ConnService {
@@ -210,7 +215,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, refusal: 
         router: shared.router.clone(),
         state: Arc::clone(&state),
         peer,
-        refusal,
+        refusal: None,
         http1: false,
     };
     let max_head = shared.gateway.config.max_head_bytes;
