@@ -75,11 +75,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Url;
 use serde::Deserialize;
-use serde_json::Value;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::config::Problem;
 use crate::env::expand as expand_env;
+use crate::json::{Key, Scalar, Shape};
 use crate::{
     Backend, BackendError, BackendStats, Data, ErrorKind, Event, EventStream, RequestContext,
 };
@@ -1209,8 +1210,8 @@ fn ndjson_piece(
     if line.is_empty() {
         return;
     }
-    let value: Value = match serde_json::from_slice(line) {
-        Ok(value) => value,
+    let data = match crate::json::compact(line) {
+        Ok(data) => Data::json_text(data),
         Err(e) => {
             return out.push(Item::Error(BackendError::new(
                 ErrorKind::Upstream,
@@ -1218,16 +1219,19 @@ fn ndjson_piece(
             )));
         }
     };
-    let id = id_field.and_then(|f| match value.get(f)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    });
-    let name = name_field
-        .and_then(|f| value.get(f)?.as_str())
-        .filter(|n| !n.is_empty())
-        .map(str::to_string);
-    let mut event = Event::new(Data::json(&value));
+    let (id, name) = if id_field.is_none() && name_field.is_none() {
+        (None, None)
+    } else {
+        let fields = TopLevel {
+            id_field,
+            name_field,
+        };
+        match crate::json::object(data.as_str(), fields) {
+            Ok(Shape::Object((id, name))) => (id, name.filter(|n| !n.is_empty())),
+            _ => (None, None),
+        }
+    };
+    let mut event = Event::new(data);
     if let Some(id) = &id {
         event = event.with_id(id.as_str());
     }
@@ -1235,6 +1239,50 @@ fn ndjson_piece(
         event = event.with_name(name);
     }
     out.push(Item::Event(event, id));
+}
+
+/// Reads an NDJSON line's top-level `id_field` (a string, or a number as
+/// `serde_json` writes it) and `name_field` (a string), skipping the rest:
+/// the line stays text, never a `Value` tree. As in a map, a field given
+/// twice counts as its last.
+struct TopLevel<'f> {
+    id_field: Option<&'f str>,
+    name_field: Option<&'f str>,
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_> {
+    /// The id and the name.
+    type Value = (Option<String>, Option<String>);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON line")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut id, mut name) = (None, None);
+        while let Some(Key(key)) = map.next_key()? {
+            let (is_id, is_name) = (self.id_field == Some(&*key), self.name_field == Some(&*key));
+            if !is_id && !is_name {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            let value: Scalar<'_> = map.next_value()?;
+            if is_id {
+                id = match &value {
+                    Scalar::String(s) => Some(s.to_string()),
+                    Scalar::Number(n) => Some(n.to_string()),
+                    _ => None,
+                };
+            }
+            if is_name {
+                name = match value {
+                    Scalar::String(s) => Some(s.into_owned()),
+                    _ => None,
+                };
+            }
+        }
+        Ok((id, name))
+    }
 }
 
 fn text_piece(piece: Piece<'_>, out: &mut Vec<Item>) {
@@ -1347,7 +1395,7 @@ impl Sse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn config(value: Value) -> HttpConfig {
         serde_json::from_value(value).unwrap()

@@ -10,6 +10,8 @@
 //! - [`event`]: the [`Event`] that every backend yields, and its [`Data`].
 //! - [`context`]: the [`RequestContext`] a backend is opened with (method,
 //!   path parameters, query, selected headers, JSON body, `Last-Event-ID`).
+//! - [`json`]: JSON checked and compacted as text, without a tree (bodies,
+//!   published events and upstream lines never become a `Value`).
 //! - [`error`]: [`BackendError`] and its [`ErrorKind`], which decides the HTTP
 //!   status when a backend fails before the first byte.
 //! - [`backend`]: the [`Backend`] trait with its one method, `open`.
@@ -34,6 +36,7 @@ pub mod env;
 pub mod error;
 pub mod event;
 pub mod http;
+pub mod json;
 pub mod lines;
 pub mod nats;
 pub mod publish;

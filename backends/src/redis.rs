@@ -536,10 +536,7 @@ async fn read(
 fn to_entry(entry: StreamId, config: &RedisConfig) -> Option<Entry> {
     let id = EntryId::parse(&entry.id)?;
     let text: String = entry.get(&config.field).unwrap_or_default();
-    let data = match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(json) => Data::json(&json),
-        Err(_) => Data::text(text),
-    };
+    let data = Data::parse_json(&text).unwrap_or_else(|_| Data::text(text));
     let mut event = Event::new(data).with_id(id.to_string());
     if let Some(name) = entry.get::<String>(&config.name_field) {
         event = event.with_name(name);
