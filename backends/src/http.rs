@@ -19,12 +19,12 @@
 //! What it does, in order:
 //!
 //! - **Opening** sends the request (the client's method unless `method` is
-//!   set, the client's JSON body, the configured and forwarded headers, the
-//!   client's `Last-Event-ID`) and waits for the response headers, at most
-//!   `connect_timeout`. So what fails before the first byte is a real status:
-//!   no connection or an upstream 4xx/5xx is 502 (the message has the
-//!   upstream's status and the start of its body), no answer in time is 504,
-//!   an upstream 204 is 204.
+//!   set, the client's JSON body byte for byte, the configured and forwarded
+//!   headers, the client's `Last-Event-ID`) and waits for the response
+//!   headers, at most `connect_timeout`. So what fails before the first byte
+//!   is a real status: no connection or an upstream 4xx/5xx is 502 (the
+//!   message has the upstream's status and the start of its body), no
+//!   answer in time is 504, an upstream 204 is 204.
 //! - **Decoding**: the format is `format`, or with `auto` the upstream's
 //!   `Content-Type`: `text/event-stream` is SSE; `application/x-ndjson`,
 //!   `application/jsonl` and `application/json` are NDJSON; anything else is
@@ -121,8 +121,9 @@ pub struct HttpConfig {
     /// both `headers` and `forward_headers`. Default: none.
     #[serde(default)]
     pub forward_headers: Vec<String>,
-    /// Whether the client's JSON body is sent upstream (as
-    /// `application/json`). No body is sent with `GET`. Default: `true`.
+    /// Whether the client's JSON body is sent upstream, byte for byte as the
+    /// client sent it (as `application/json`). No body is sent with `GET`.
+    /// Default: `true`.
     #[serde(default = "default_forward_body")]
     pub forward_body: bool,
     /// Longest wait for the upstream's response headers, from connecting to
@@ -747,8 +748,9 @@ impl UpstreamRequest {
                         HeaderValue::from_static("application/json"),
                     );
                 }
-                // Serializing a `Value` cannot fail: its map keys are strings.
-                Some(Bytes::from(body.to_string()))
+                // The client's JSON as it came, shared, not copied: it is
+                // sent again on every reconnect.
+                Some(body.to_bytes())
             }
             _ => None,
         };

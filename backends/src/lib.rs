@@ -10,6 +10,8 @@
 //! - [`event`]: the [`Event`] that every backend yields, and its [`Data`].
 //! - [`context`]: the [`RequestContext`] a backend is opened with (method,
 //!   path parameters, query, selected headers, JSON body, `Last-Event-ID`).
+//! - [`body`]: [`JsonBody`], the request body: checked JSON text, held once
+//!   and shared by the route's backends, each reading what it needs.
 //! - [`json`]: JSON checked and compacted as text, without a tree (bodies,
 //!   published events and upstream lines never become a `Value`).
 //! - [`error`]: [`BackendError`] and its [`ErrorKind`], which decides the HTTP
@@ -28,6 +30,7 @@
 //! streams are dropped and every backend's work stops with them.
 
 pub mod backend;
+pub mod body;
 pub mod command;
 pub mod config;
 pub mod context;
@@ -47,6 +50,7 @@ pub mod testing;
 pub mod ticker;
 
 pub use backend::{Backend, EventStream};
+pub use body::JsonBody;
 pub use config::BackendConfig;
 pub use context::RequestContext;
 pub use error::{BackendError, ErrorKind};

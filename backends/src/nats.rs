@@ -511,7 +511,7 @@ impl Publisher for NatsPublisher {
         if let Some(name) = &publication.name {
             headers.insert(self.nats.config.name_header.as_str(), name.as_str());
         }
-        let payload = publication.data.to_string();
+        let payload = publication.data.as_str().to_owned();
         let ack = bounded("publish", async {
             jetstream
                 .publish_with_headers(subject, headers, payload.into())

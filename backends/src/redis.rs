@@ -367,9 +367,9 @@ impl Publisher for RedisPublisher {
         publication: &Publication,
     ) -> Result<String, BackendError> {
         let key = resolve_key(&self.target.stream, self.target.allow.as_deref(), ctx)?;
-        let mut fields = vec![(self.target.field.as_str(), publication.data.to_string())];
+        let mut fields = vec![(self.target.field.as_str(), publication.data.as_str())];
         if let Some(name) = &publication.name {
-            fields.push((self.target.name_field.as_str(), name.clone()));
+            fields.push((self.target.name_field.as_str(), name.as_str()));
         }
         let mut commands = self.hub.commands().await?;
         let max_len = redis::streams::StreamMaxlen::Approx(self.target.max_len);
