@@ -44,6 +44,7 @@ pub mod lines;
 pub mod nats;
 pub mod publish;
 pub mod redis;
+mod registry;
 pub mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
