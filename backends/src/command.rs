@@ -324,6 +324,7 @@ impl Run {
                     LineFormat::Lines => Data::text(text),
                 };
                 let event = Event::new(data).with_id(self.number.to_string());
+                crate::lines::release(&mut self.line);
                 Some((Ok(event), self))
             }
             Err(e) => {
