@@ -938,10 +938,15 @@ struct Reader {
     ended: bool,
 }
 
+/// Decoded items a reader keeps room for between chunks: one chunk of
+/// tiny lines (hundreds of KiB) makes as many events, and their queue must
+/// not stay that large for the rest of the stream.
+const KEEP_ITEMS: usize = 256;
+
 impl Reader {
     async fn next(&mut self) -> Option<Result<Event, BackendError>> {
         loop {
-            if let Some(item) = self.ready.pop_front() {
+            if let Some(item) = self.take_ready() {
                 return Some(item);
             }
             if self.ended {
@@ -973,13 +978,24 @@ impl Reader {
         }
     }
 
+    /// The next decoded item; the queue's room goes back once it is empty.
+    fn take_ready(&mut self) -> Option<Result<Event, BackendError>> {
+        let item = self.ready.pop_front();
+        if self.ready.is_empty() && self.ready.capacity() > KEEP_ITEMS {
+            self.ready = VecDeque::new();
+        }
+        item
+    }
+
     fn decode(&mut self, step: impl FnOnce(&mut Decoder, &mut Vec<Item>)) {
         let mut items = std::mem::take(&mut self.items);
         step(&mut self.decoder, &mut items);
         for item in items.drain(..) {
             self.apply(item);
         }
-        self.items = items;
+        if items.capacity() <= KEEP_ITEMS {
+            self.items = items;
+        }
     }
 
     fn apply(&mut self, item: Item) {
@@ -1771,6 +1787,21 @@ mod tests {
         r.retry_hint = Some(Duration::from_secs(60));
         r.attempts = 1;
         assert!(r.delay() <= Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_chunk_of_many_events_does_not_keep_its_queue() {
+        let mut r = reader(HttpConfig::new("http://h/"));
+        let chunk = "data: x\n\n".repeat(10_000);
+        r.decode(|decoder, items| decoder.feed(chunk.as_bytes(), items));
+        assert_eq!(r.ready.len(), 10_000);
+        assert!(r.items.capacity() <= KEEP_ITEMS, "{}", r.items.capacity());
+        let mut taken = 0;
+        while r.take_ready().is_some() {
+            taken += 1;
+        }
+        assert_eq!(taken, 10_000);
+        assert!(r.ready.capacity() <= KEEP_ITEMS, "{}", r.ready.capacity());
     }
 
     #[tokio::test]
