@@ -191,7 +191,8 @@ impl Cursor {
             let index = id - 1;
             let token = match &self.text {
                 Some(text) => {
-                    let token = tokens(&text.as_str()[self.at..]).next().unwrap_or("");
+                    let rest = text.as_str().get(self.at..).unwrap_or("");
+                    let token = tokens(rest).next().unwrap_or("");
                     self.at += token.len();
                     token
                 }
@@ -597,6 +598,31 @@ mod tests {
         }
         let body: JsonBody = r#"{"text": "a\nb"}"#.parse().unwrap();
         assert!(matches!(Text::of(&body).unwrap(), Some(Text::Unescaped(t)) if &*t == "a\nb"));
+    }
+
+    #[test]
+    fn classes_are_char_classes_and_counting_is_splitting() {
+        let class = |c: char| {
+            if c.is_alphanumeric() {
+                Class::Word
+            } else if c.is_whitespace() {
+                Class::Space
+            } else {
+                Class::Other
+            }
+        };
+        let mut all: String = (0u8..=127).map(char::from).collect();
+        all.push_str("é\u{A0}\u{2028}ß9\u{1F600}\u{300}x");
+        for (at, c) in all.char_indices() {
+            assert!(
+                class_at(&all, at) == Some((class(c), c.len_utf8())),
+                "{c:?}"
+            );
+        }
+        for text in [all.as_str(), "a  b\t\n!?", " x", "\u{A0}\u{A0}y"] {
+            assert_eq!(tokens(text).count(), tokens(text).collect::<Vec<_>>().len());
+            assert_eq!(tokens(text).collect::<String>(), text);
+        }
     }
 
     #[test]
