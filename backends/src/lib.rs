@@ -10,6 +10,10 @@
 //! - [`event`]: the [`Event`] that every backend yields, and its [`Data`].
 //! - [`context`]: the [`RequestContext`] a backend is opened with (method,
 //!   path parameters, query, selected headers, JSON body, `Last-Event-ID`).
+//! - [`body`]: [`JsonBody`], the request body: checked JSON text, held once
+//!   and shared by the route's backends, each reading what it needs.
+//! - [`json`]: JSON checked and compacted as text, without a tree (bodies,
+//!   published events and upstream lines never become a `Value`).
 //! - [`error`]: [`BackendError`] and its [`ErrorKind`], which decides the HTTP
 //!   status when a backend fails before the first byte.
 //! - [`backend`]: the [`Backend`] trait with its one method, `open`.
@@ -26,6 +30,7 @@
 //! streams are dropped and every backend's work stops with them.
 
 pub mod backend;
+pub mod body;
 pub mod command;
 pub mod config;
 pub mod context;
@@ -34,16 +39,19 @@ pub mod env;
 pub mod error;
 pub mod event;
 pub mod http;
+pub mod json;
 pub mod lines;
 pub mod nats;
 pub mod publish;
 pub mod redis;
+mod registry;
 pub mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod ticker;
 
 pub use backend::{Backend, EventStream};
+pub use body::JsonBody;
 pub use config::BackendConfig;
 pub use context::RequestContext;
 pub use error::{BackendError, ErrorKind};

@@ -51,9 +51,9 @@
 //!   503 (the service is not ready: the operator creates the stream), and a
 //!   subject the stream does not hold is answered 404.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
@@ -65,6 +65,7 @@ use tokio::sync::{OnceCell, broadcast, oneshot, watch};
 
 use crate::config::Problem;
 use crate::publish::{Publication, Publisher};
+use crate::registry::{Registered, Registry};
 use crate::{
     Backend, BackendError, BackendStats, Data, ErrorKind, Event, EventStream, RequestContext,
 };
@@ -361,7 +362,8 @@ struct Hub {
     /// Bumped each time the connection is (re)established: readers then make
     /// new consumers, since a restarted server has lost theirs.
     connections: Arc<watch::Sender<u64>>,
-    channels: Mutex<HashMap<String, Weak<Channel>>>,
+    /// Each subject's reader, while it has clients.
+    channels: Registry<Channel>,
     /// Reconnects, clients that lagged or were dropped.
     stats: Arc<BackendStats>,
 }
@@ -373,7 +375,8 @@ impl std::fmt::Debug for Hub {
 }
 
 /// One subject's reader and its clients' buffer; the reader stops when the
-/// last client drops its `Arc<Channel>` (and with it `_stop`).
+/// last client drops its `Arc` (and with it `_stop`; the subject leaves the
+/// registry).
 struct Channel {
     sender: broadcast::Sender<Arc<Entry>>,
     /// The last sequence the reader broadcast.
@@ -395,7 +398,7 @@ impl Nats {
                 server,
                 jetstream: OnceCell::new(),
                 connections: Arc::new(watch::channel(0).0),
-                channels: Mutex::new(HashMap::new()),
+                channels: Registry::new(),
                 stats: Arc::new(BackendStats::new("nats")),
             }),
         }
@@ -511,7 +514,7 @@ impl Publisher for NatsPublisher {
         if let Some(name) = &publication.name {
             headers.insert(self.nats.config.name_header.as_str(), name.as_str());
         }
-        let payload = publication.data.to_string();
+        let payload = publication.data.as_str().to_owned();
         let ack = bounded("publish", async {
             jetstream
                 .publish_with_headers(subject, headers, payload.into())
@@ -659,11 +662,13 @@ impl Hub {
         &self,
         subject: &str,
         config: &Arc<NatsConfig>,
-    ) -> Result<Arc<Channel>, BackendError> {
-        if let Some(channel) = self.live_channel(subject) {
+    ) -> Result<Arc<Registered<Channel>>, BackendError> {
+        if let Some(channel) = self.channels.get(subject) {
             return Ok(channel);
         }
-        self.room_for_one_more(config)?;
+        if self.channels.lock().len() >= config.max_subjects {
+            return Err(too_many(config));
+        }
         // The reader starts after the stream's last message now, so that a
         // client's catch-up (read after subscribing) and the reader overlap
         // rather than leave a gap. Its first consumer is made here, so that a
@@ -674,12 +679,11 @@ impl Hub {
         let connections = self.connections.subscribe();
         let (_, last) = bounds(&jetstream, &config.stream).await?;
         let consumer = consumer(&jetstream, &config.stream, subject, last + 1).await?;
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(channel) = channels.get(subject).and_then(Weak::upgrade) {
+        let mut channels = self.channels.lock();
+        if let Some(channel) = channels.get(subject) {
             delete_later(&jetstream, &config.stream, &consumer);
             return Ok(channel);
         }
-        channels.retain(|_, weak| weak.strong_count() > 0);
         if channels.len() >= config.max_subjects {
             delete_later(&jetstream, &config.stream, &consumer);
             return Err(too_many(config));
@@ -697,28 +701,12 @@ impl Hub {
             connections,
         };
         tokio::spawn(reader.run(consumer, stopped));
-        let channel = Arc::new(Channel {
+        let channel = Channel {
             sender,
             delivered,
             _stop: stop,
-        });
-        channels.insert(subject.to_string(), Arc::downgrade(&channel));
-        Ok(channel)
-    }
-
-    /// A 503 when this backend reads `max_subjects` subjects already.
-    fn room_for_one_more(&self, config: &NatsConfig) -> Result<(), BackendError> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        channels.retain(|_, weak| weak.strong_count() > 0);
-        if channels.len() >= config.max_subjects {
-            return Err(too_many(config));
-        }
-        Ok(())
-    }
-
-    fn live_channel(&self, subject: &str) -> Option<Arc<Channel>> {
-        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        channels.get(subject).and_then(Weak::upgrade)
+        };
+        Ok(channels.insert(subject, channel))
     }
 }
 
@@ -1111,7 +1099,7 @@ struct Client {
     subject: String,
     config: Arc<NatsConfig>,
     hub: Arc<Hub>,
-    _channel: Arc<Channel>,
+    _channel: Arc<Registered<Channel>>,
     live: broadcast::Receiver<Arc<Entry>>,
     /// The history, or the current page of the catch-up.
     backlog: VecDeque<Entry>,

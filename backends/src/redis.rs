@@ -24,8 +24,7 @@
 //! - When Redis goes away the reader reconnects with backoff and continues
 //!   after the last id it delivered: nothing lost, nothing repeated.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +37,7 @@ use tokio::sync::{OnceCell, broadcast};
 
 use crate::config::Problem;
 use crate::publish::{Publication, Publisher};
+use crate::registry::{Registered, Registry};
 use crate::{
     Backend, BackendError, BackendStats, Data, ErrorKind, Event, EventStream, RequestContext,
 };
@@ -196,7 +196,8 @@ struct Hub {
     /// Commands other than the readers' blocking reads, connected on first
     /// use and reconnected by the manager.
     commands: OnceCell<ConnectionManager>,
-    channels: Mutex<HashMap<String, Weak<Channel>>>,
+    /// Each key's reader, while it has clients.
+    channels: Registry<Channel>,
     /// Readers' reconnects, clients that lagged or were dropped.
     stats: Arc<BackendStats>,
 }
@@ -208,7 +209,7 @@ impl std::fmt::Debug for Hub {
 }
 
 /// One key's reader and its clients' buffer; the reader stops when the last
-/// client drops its `Arc<Channel>`.
+/// client drops its `Arc` (and the key leaves the registry).
 struct Channel {
     sender: broadcast::Sender<Arc<Entry>>,
     reader: tokio::task::AbortHandle,
@@ -367,9 +368,9 @@ impl Publisher for RedisPublisher {
         publication: &Publication,
     ) -> Result<String, BackendError> {
         let key = resolve_key(&self.target.stream, self.target.allow.as_deref(), ctx)?;
-        let mut fields = vec![(self.target.field.as_str(), publication.data.to_string())];
+        let mut fields = vec![(self.target.field.as_str(), publication.data.as_str())];
         if let Some(name) = &publication.name {
-            fields.push((self.target.name_field.as_str(), name.clone()));
+            fields.push((self.target.name_field.as_str(), name.as_str()));
         }
         let mut commands = self.hub.commands().await?;
         let max_len = redis::streams::StreamMaxlen::Approx(self.target.max_len);
@@ -390,7 +391,7 @@ impl Hub {
         Self {
             client: redis::Client::open(url).map_err(|e| e.to_string()),
             commands: OnceCell::new(),
-            channels: Mutex::new(HashMap::new()),
+            channels: Registry::new(),
             stats: Arc::new(BackendStats::new("redis")),
         }
     }
@@ -425,19 +426,18 @@ impl Hub {
         self: &Arc<Self>,
         key: &str,
         config: &Arc<RedisConfig>,
-    ) -> Result<Arc<Channel>, BackendError> {
-        if let Some(channel) = self.live_channel(key) {
+    ) -> Result<Arc<Registered<Channel>>, BackendError> {
+        if let Some(channel) = self.channels.get(key) {
             return Ok(channel);
         }
         // Where the reader starts: the end of the stream now, so that a
         // client's catch-up (`XRANGE` after subscribing) and the reader
         // overlap rather than leave a gap.
         let start = stream_end(&mut self.commands().await?, key).await?;
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(channel) = channels.get(key).and_then(Weak::upgrade) {
+        let mut channels = self.channels.lock();
+        if let Some(channel) = channels.get(key) {
             return Ok(channel);
         }
-        channels.retain(|_, weak| weak.strong_count() > 0);
         if channels.len() >= config.max_keys {
             return Err(BackendError::new(
                 ErrorKind::Unavailable,
@@ -457,14 +457,7 @@ impl Hub {
             Arc::clone(&self.stats),
         ))
         .abort_handle();
-        let channel = Arc::new(Channel { sender, reader });
-        channels.insert(key.to_string(), Arc::downgrade(&channel));
-        Ok(channel)
-    }
-
-    fn live_channel(&self, key: &str) -> Option<Arc<Channel>> {
-        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        channels.get(key).and_then(Weak::upgrade)
+        Ok(channels.insert(key, Channel { sender, reader }))
     }
 }
 
@@ -536,10 +529,7 @@ async fn read(
 fn to_entry(entry: StreamId, config: &RedisConfig) -> Option<Entry> {
     let id = EntryId::parse(&entry.id)?;
     let text: String = entry.get(&config.field).unwrap_or_default();
-    let data = match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(json) => Data::json(&json),
-        Err(_) => Data::text(text),
-    };
+    let data = Data::parse_json(&text).unwrap_or_else(|_| Data::text(text));
     let mut event = Event::new(data).with_id(id.to_string());
     if let Some(name) = entry.get::<String>(&config.name_field) {
         event = event.with_name(name);
@@ -684,7 +674,7 @@ struct Client {
     key: String,
     config: Arc<RedisConfig>,
     hub: Arc<Hub>,
-    _channel: Arc<Channel>,
+    _channel: Arc<Registered<Channel>>,
     live: broadcast::Receiver<Arc<Entry>>,
     /// The current page of entries fetched from Redis.
     backlog: std::collections::VecDeque<Entry>,
@@ -880,5 +870,31 @@ mod tests {
         };
         let keys: Vec<_> = config.validate().into_iter().map(|p| p.key).collect();
         assert_eq!(keys, ["url", "stream", "allow", "buffer"]);
+    }
+
+    /// Needs Redis on 127.0.0.1:6379 (`.ci/run` starts it). A key comes
+    /// from the request's path: it leaves the backend's map with its last
+    /// client, not when another key's reader starts some day.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_key_is_forgotten_with_its_last_client() {
+        let redis = Redis::new(RedisConfig {
+            stream: "rooms:{room}".into(),
+            allow: Some("rooms:*".into()),
+            ..RedisConfig::default()
+        });
+        let room = format!("forgotten-{}-{}", std::process::id(), "x".repeat(4096));
+        let ctx = RequestContext {
+            params: [("room".to_string(), room)].into(),
+            ..RequestContext::default()
+        };
+        let (first, second) = (
+            redis.open(&ctx).await.unwrap(),
+            redis.open(&ctx).await.unwrap(),
+        );
+        assert_eq!(redis.hub.channels.lock().len(), 1);
+        drop(first);
+        assert_eq!(redis.hub.channels.lock().len(), 1, "a client is left");
+        drop(second);
+        assert_eq!(redis.hub.channels.lock().len(), 0);
     }
 }

@@ -14,9 +14,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use backends::RequestContext;
 use backends::publish::Publication;
-use serde_json::Value;
+use backends::{JsonBody, RequestContext};
+use http_body_util::BodyExt;
 use tower::{Layer, ServiceExt};
 use tracing::Instrument;
 
@@ -307,12 +307,14 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         body,
         last_event_id: None,
     };
-    let contexts: Vec<RequestContext> = (0..route.backends.len())
-        .map(|i| RequestContext {
-            last_event_id: cursor.position(i).map(str::to_string),
-            ..context.clone()
-        })
-        .collect();
+    // One context per backend, the last one this very context: the body is
+    // shared by all (a reference count), the rest copied once per backend.
+    let mut contexts: Vec<RequestContext> =
+        (1..route.backends.len()).map(|_| context.clone()).collect();
+    contexts.push(context);
+    for (i, context) in contexts.iter_mut().enumerate() {
+        context.last_event_id = cursor.position(i).map(str::to_string);
+    }
     let events = fanin::open(&route, &contexts)
         .await
         .map_err(|(backend, error)| {
@@ -382,12 +384,13 @@ fn decoded_params(params: &matchit::Params<'_, '_>) -> BTreeMap<String, String> 
         .collect()
 }
 
-/// The request body as JSON, within the gateway's size and time bounds.
+/// The request body as checked JSON, within the gateway's size and time
+/// bounds.
 async fn read_body(
     gateway: &Gateway,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Option<Value>, ApiError> {
+) -> Result<Option<JsonBody>, ApiError> {
     let limit = gateway.config.max_body_bytes;
     let timeout = gateway.config.body_timeout;
     tokio::time::timeout(timeout, read_json_body(headers, body, limit))
@@ -433,7 +436,7 @@ async fn publish(
         .ok_or_else(|| {
             ApiError::bad_request(r#"the body is the event: {"data": …, "event": "name"}"#)
         })?;
-    let publication = Publication::from_json(body).map_err(ApiError::bad_request)?;
+    let publication = Publication::from_json(&body).map_err(ApiError::bad_request)?;
     let context = RequestContext {
         method: parts.method.clone(),
         path: parts.uri.path().to_string(),
@@ -488,14 +491,18 @@ fn unavailable(message: impl Into<String>) -> ApiError {
         .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
-/// Reads the body up to `limit` bytes and parses it as JSON; an empty body
-/// is `None`. The `Content-Type` is not required to say JSON, so that
+/// Reads the body up to `limit` bytes and checks that it is JSON; an empty
+/// body is `None`. The `Content-Type` is not required to say JSON, so that
 /// `curl -d '{"text":"hi"}'` works as it reads.
+///
+/// The body is kept as the text it is (see [`JsonBody`]), never as a
+/// `Value` tree, which would cost up to 36 times its size. Each chunk is
+/// dropped once copied into one buffer, which ends at the body's size.
 async fn read_json_body(
     headers: &HeaderMap,
-    body: Body,
+    mut body: Body,
     limit: usize,
-) -> Result<Option<Value>, ApiError> {
+) -> Result<Option<JsonBody>, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -510,32 +517,32 @@ async fn read_json_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes,
-        Err(e) if is_length_limit(&e) => return Err(too_large()),
-        Err(e) => {
-            return Err(ApiError::bad_request(format!(
-                "could not read the request body: {e}"
-            )));
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        let needed = bytes.len() + chunk.len();
+        if needed > limit {
+            return Err(too_large());
         }
-    };
+        if needed > bytes.capacity() {
+            // Doubling as bytes arrive (a declared length costs nothing
+            // until it is sent), up to the declared length exactly.
+            let declared = declared.map_or(limit, |n| n as usize).max(needed);
+            let grown = needed.max(2 * bytes.capacity()).min(declared);
+            bytes.reserve_exact(grown - bytes.len());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(&bytes)
+    JsonBody::new(bytes)
         .map(Some)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
-}
-
-fn is_length_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 fn stream_response(
@@ -612,5 +619,39 @@ pub(crate) mod tests {
         let mut map = headers(&[("authorization", "AWS4-HMAC-SHA256 Credential=…")]);
         restore_authorization(&mut map, &source);
         assert!(map.is_empty(), "{map:?}");
+    }
+
+    /// A body sent in chunks without a declared length.
+    fn chunked(parts: &[&[u8]]) -> Body {
+        let chunks: Vec<_> = parts
+            .iter()
+            .map(|p| Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(p)))
+            .collect();
+        Body::from_stream(futures::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_up_to_its_limit_and_kept_as_the_text_it_is() {
+        let none = HeaderMap::new();
+        let body = read_json_body(&none, chunked(&[b"{\"text\":", b" \"hi\"}"]), 14)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(body.as_str(), r#"{"text": "hi"}"#);
+        let over = read_json_body(&none, chunked(&[b"{\"text\":", b" \"hi\"} "]), 14).await;
+        assert_eq!(over.err().unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            read_json_body(&none, chunked(&[b" \n"]), 14)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // As strict as parsing into a Value was: nesting past 128 is refused.
+        let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+        let refused = read_json_body(&none, chunked(&[deep.as_bytes()]), 1024)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     }
 }
