@@ -403,3 +403,50 @@ async fn the_shutdown_grace_grows_with_the_open_streams() {
     assert_eq!(server.gateway.open_streams(), 3);
     assert_eq!(server.gateway.shutdown_grace(), Duration::from_millis(106));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
+    let firehose: backends::ticker::TickerConfig = serde_json::from_value(serde_json::json!({
+        "interval": "0s", "payload_bytes": 1000
+    }))
+    .unwrap();
+    let server = TestServer::route(
+        "/fast",
+        vec![(
+            "fast",
+            Arc::new(backends::ticker::Ticker::new(firehose)) as Arc<dyn Backend>,
+        )],
+        // Its own bounds never come into it: the stream cannot be written.
+        |route| route.max_lifetime = Duration::from_secs(2),
+        ServerConfig {
+            send_timeout: Duration::from_secs(5),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut tcp, "\r\n\r\n").await;
+    // Reads nothing more; the gateway fills the sockets, then waits.
+    let started = tokio::time::Instant::now();
+    while server.gateway.open_streams() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the stream is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = started.elapsed();
+    assert!(
+        held >= Duration::from_secs(5) && held < Duration::from_secs(7),
+        "{held:?}"
+    );
+    assert!(
+        server
+            .gateway
+            .metrics_text()
+            .contains(r#"gateway_connection_timeouts_total{phase="send"} 1"#)
+    );
+}

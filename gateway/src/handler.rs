@@ -189,11 +189,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
             HeaderValue::try_from(allow).unwrap_or(HeaderValue::from_static("GET")),
         ));
     }
-    let mut query: Vec<(String, String)> = parts
-        .uri
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let mut query = query_pairs(parts.uri.query())?;
     // Before anything is opened or read, HEAD included.
     let grant = route
         .auth
@@ -356,6 +352,26 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         &parts.headers,
         Body::from_stream(session),
     ))
+}
+
+/// Most query parameters a request may have: each costs a pair of strings
+/// (about 80 bytes for `a&`, two bytes of the target).
+pub const MAX_QUERY_PAIRS: usize = 64;
+
+/// The query's parameters, percent-decoded, refused (400) past
+/// [`MAX_QUERY_PAIRS`] before more are made.
+fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs = form_urlencoded::parse(query.unwrap_or_default().as_bytes());
+    let query: Vec<(String, String)> = pairs
+        .take(MAX_QUERY_PAIRS + 1)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if query.len() > MAX_QUERY_PAIRS {
+        return Err(ApiError::bad_request(format!(
+            "the query has more than {MAX_QUERY_PAIRS} parameters"
+        )));
+    }
+    Ok(query)
 }
 
 /// Moves the client's credential from `source` into `Authorization`, where
@@ -599,6 +615,20 @@ pub(crate) mod tests {
             .iter()
             .map(|v| v.to_str().unwrap())
             .collect()
+    }
+
+    #[test]
+    fn queries_are_decoded_and_bounded_in_parameters() {
+        assert_eq!(query_pairs(None).unwrap(), []);
+        assert_eq!(
+            query_pairs(Some("a=1&b=x%20y")).unwrap(),
+            [("a".into(), "1".into()), ("b".into(), "x y".into())]
+        );
+        let most = vec!["a"; MAX_QUERY_PAIRS].join("&");
+        assert_eq!(query_pairs(Some(&most)).unwrap().len(), MAX_QUERY_PAIRS);
+        let over = vec!["a"; 4000].join("&");
+        let error = query_pairs(Some(&over)).unwrap_err();
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]
