@@ -263,6 +263,7 @@ where
     };
     let mut conn = http1::Builder::new()
         .max_header_size(shared.gateway.config.max_head_bytes)
+        .max_buf_size((shared.gateway.config.max_head_bytes + 8192).max(64 * 1024))
         .keep_alive(refusal.is_none())
         .serve_connection(TokioIo::new(Watched::new(io, Arc::clone(&state))), service);
     match until_done(Pin::new(&mut conn), &state, shared).await {
