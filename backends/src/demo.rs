@@ -26,7 +26,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::Problem;
+use crate::problem::Problem;
 use crate::{Backend, BackendError, Data, Event, EventStream, RequestContext};
 
 /// Configuration of the `demo` backend. Every field has a default, and the

@@ -78,8 +78,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::config::Problem;
 use crate::env::expand as expand_env;
+use crate::problem::Problem;
 use crate::{
     Backend, BackendError, BackendStats, Data, ErrorKind, Event, EventStream, RequestContext,
 };
@@ -209,7 +209,7 @@ impl HttpConfig {
 }
 
 /// The method of the upstream request (the config's one method type).
-pub use crate::config::HttpMethod as UpstreamMethod;
+pub use crate::method::HttpMethod as UpstreamMethod;
 
 /// What the upstream streams.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

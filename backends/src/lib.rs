@@ -15,6 +15,9 @@
 //! - [`backend`]: the [`Backend`] trait with its one method, `open`.
 //! - [`config`]: [`BackendConfig`], the closed, tagged enum of built-in
 //!   backends as they appear in a config file, with `validate` and `build`.
+//! - [`problem`]: [`Problem`](problem::Problem), what every `validate`
+//!   reports; [`method`]: the [`HttpMethod`](method::HttpMethod) configs name.
+//!   Leaves: they use nothing else of the crate.
 //! - [`stats`]: [`BackendStats`], what a backend counts about its upstream
 //!   and its slow clients, for the gateway's metrics.
 //! - One module per backend: [`demo`] (the reference stream), [`ticker`].
@@ -35,7 +38,9 @@ pub mod error;
 pub mod event;
 pub mod http;
 pub mod lines;
+pub mod method;
 pub mod nats;
+pub mod problem;
 pub mod publish;
 pub mod redis;
 pub mod stats;

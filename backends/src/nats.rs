@@ -63,7 +63,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{OnceCell, broadcast, oneshot, watch};
 
-use crate::config::Problem;
+use crate::problem::Problem;
 use crate::publish::{Publication, Publisher};
 use crate::{
     Backend, BackendError, BackendStats, Data, ErrorKind, Event, EventStream, RequestContext,

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::Problem;
 use crate::nats::{NatsPublisher, NatsTarget};
+use crate::problem::Problem;
 use crate::redis::{RedisPublisher, RedisTarget};
 use crate::{BackendError, RequestContext};
 

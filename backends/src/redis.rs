@@ -36,7 +36,7 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadRe
 use serde::Deserialize;
 use tokio::sync::{OnceCell, broadcast};
 
-use crate::config::Problem;
+use crate::problem::Problem;
 use crate::publish::{Publication, Publisher};
 use crate::{
     Backend, BackendError, BackendStats, Data, ErrorKind, Event, EventStream, RequestContext,
