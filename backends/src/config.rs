@@ -8,9 +8,9 @@ use crate::Backend;
 use crate::command::{Command, CommandConfig};
 use crate::demo::{Demo, DemoConfig};
 use crate::http::{Http, HttpConfig};
-use crate::nats::{Nats, NatsConfig};
+use crate::nats::NatsConfig;
 use crate::problem::Problem;
-use crate::redis::{Redis, RedisConfig};
+use crate::redis::RedisConfig;
 use crate::ticker::{Ticker, TickerConfig};
 
 /// One backend of a route, selected by its `type`:
@@ -30,7 +30,8 @@ pub enum BackendConfig {
     Demo(DemoConfig),
     /// An event every interval (see [`crate::ticker`]).
     Ticker(TickerConfig),
-    /// A Redis Stream, shared by every client of a key (see [`crate::redis`]).
+    /// A Redis Stream, shared by every client of a key (see [`crate::redis`]
+    /// and, for what every bus backend does, [`crate::bus`]).
     Redis(RedisConfig),
     /// A subject of a NATS JetStream stream, shared by every client of a
     /// subject (see [`crate::nats`]).
@@ -60,8 +61,8 @@ impl BackendConfig {
         match self {
             Self::Demo(c) => Arc::new(Demo::new(c.clone())),
             Self::Ticker(c) => Arc::new(Ticker::new(c.clone())),
-            Self::Redis(c) => Arc::new(Redis::new(c.clone())),
-            Self::Nats(c) => Arc::new(Nats::new(c.clone())),
+            Self::Redis(c) => Arc::new(c.build()),
+            Self::Nats(c) => Arc::new(c.build()),
             Self::Command(c) => Arc::new(Command::new(c.clone())),
             Self::Http(c) => Arc::new(Http::new(c.clone())),
         }

@@ -20,7 +20,13 @@
 //!   Leaves: they use nothing else of the crate.
 //! - [`stats`]: [`BackendStats`], what a backend counts about its upstream
 //!   and its slow clients, for the gateway's metrics.
-//! - One module per backend: [`demo`] (the reference stream), [`ticker`].
+//! - [`bus`]: what every bus backend shares (one reader per key, clients,
+//!   catch-up, the notices that keep loss from being silent, key templates,
+//!   limits), written once over the [`Broker`](bus::Broker) trait that
+//!   [`redis`] and [`nats`] implement.
+//! - One module per backend: [`demo`] (the reference stream), [`ticker`],
+//!   [`command`], [`http`], [`redis`], [`nats`]; [`publish`] for the routes
+//!   that append to a bus.
 //! - `testing` (feature `testing`): mock backends for the gateway's own tests.
 //!
 //! A request flows: the gateway builds a [`RequestContext`], calls
@@ -29,6 +35,7 @@
 //! streams are dropped and every backend's work stops with them.
 
 pub mod backend;
+pub mod bus;
 pub mod command;
 pub mod config;
 pub mod context;

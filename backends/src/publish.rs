@@ -92,7 +92,7 @@ impl PublisherConfig {
     /// The publisher. Call [`validate`](Self::validate) first.
     pub fn build(&self) -> Arc<dyn Publisher> {
         match self {
-            Self::Redis(c) => Arc::new(RedisPublisher::new(c.clone())),
+            Self::Redis(c) => Arc::new(RedisPublisher::new(c)),
             Self::Nats(c) => Arc::new(NatsPublisher::new(c)),
         }
     }
