@@ -65,6 +65,12 @@ pub trait Engine: Sized {
     async fn undecodable(&self, room: &str) -> Vec<String>;
     /// A well-formed id that the broker has not given out yet (past the end).
     fn future_id(&self) -> String;
+    /// The id before every entry (`0`): resuming from it asks for all the
+    /// key holds.
+    fn origin(&self) -> &'static str;
+    /// Whether a stream made again numbers its entries from the start again
+    /// (so that clients must be told even while connected).
+    fn renumbers(&self) -> bool;
     /// A backend config whose broker is not there.
     fn unreachable(&self) -> Value;
 }

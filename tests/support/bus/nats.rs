@@ -271,6 +271,14 @@ impl Engine for NatsEngine {
         "1000000".into()
     }
 
+    fn origin(&self) -> &'static str {
+        "0"
+    }
+
+    fn renumbers(&self) -> bool {
+        true
+    }
+
     fn unreachable(&self) -> Value {
         let mut backend = self.backend();
         backend["url"] = json!(format!("nats://127.0.0.1:{}", free_port()));

@@ -157,6 +157,15 @@ impl Engine for RedisEngine {
         "99999999999999-0".into()
     }
 
+    fn origin(&self) -> &'static str {
+        "0-0"
+    }
+
+    /// Ids are times: a key made again goes on past the old ones.
+    fn renumbers(&self) -> bool {
+        false
+    }
+
     fn unreachable(&self) -> Value {
         let mut backend = self.backend();
         backend["url"] = json!(format!("redis://127.0.0.1:{}", free_port()));
