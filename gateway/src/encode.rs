@@ -243,6 +243,21 @@ mod tests {
     }
 
     #[test]
+    fn an_error_names_where_the_client_resumes_when_it_knows() {
+        let source = Arc::from("bus");
+        let lagged =
+            BackendError::new(backends::ErrorKind::Lagged, "behind").with_resume_id("1700-0");
+        let event = error_event(&source, &lagged, Some("bus=1700-0"));
+        assert_eq!(
+            event.data.to_value(),
+            json!({"event": "gateway.error", "source": "bus", "kind": "lagged",
+                   "message": "behind", "resume_id": "bus=1700-0"})
+        );
+        let plain = error_event(&source, &BackendError::bad_request("no"), None);
+        assert!(plain.data.to_value().get("resume_id").is_none());
+    }
+
+    #[test]
     fn close_carries_the_last_id_and_a_retry_hint() {
         let encoder = Encoder::new(Format::Sse, false, Duration::from_millis(1500), "{}");
         let mut buf = BytesMut::new();

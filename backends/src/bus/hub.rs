@@ -198,3 +198,77 @@ impl<P: Position> Feed<P> {
         *self.delivered.lock().unwrap_or_else(|e| e.into_inner()) = to;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Data, Event};
+
+    fn feed_at(last: u64, epoch: u64) -> (Feed<u64>, broadcast::Receiver<Arc<Item<u64>>>) {
+        let (sender, receiver) = broadcast::channel(16);
+        let feed = Feed {
+            sender,
+            delivered: Arc::new(Mutex::new(last)),
+            last,
+            epoch,
+        };
+        (feed, receiver)
+    }
+
+    fn bounds(end: Option<u64>, gone: Option<u64>, epoch: u64) -> Bounds<u64> {
+        Bounds { end, gone, epoch }
+    }
+
+    fn entry(position: u64) -> Entry<u64> {
+        Entry {
+            position,
+            event: Ok(Event::new(Data::text("x"))),
+        }
+    }
+
+    #[test]
+    fn repeats_are_dropped_and_the_position_is_shared() {
+        let (mut feed, mut items) = feed_at(5, 0);
+        feed.send(entry(5));
+        feed.send(entry(6));
+        assert!(matches!(&*items.try_recv().unwrap(), Item::Entry(e) if e.position == 6));
+        assert!(items.try_recv().is_err());
+        assert_eq!(*feed.delivered.lock().unwrap(), 6);
+    }
+
+    #[test]
+    fn a_bus_that_numbers_anew_is_a_reset() {
+        for after in [
+            bounds(None, None, 0),    // the key is gone
+            bounds(Some(3), None, 0), // its end is behind us
+            bounds(Some(9), None, 2), // made again: another epoch
+        ] {
+            let (mut feed, mut items) = feed_at(5, 1);
+            feed.resync(&after);
+            assert!(
+                matches!(&*items.try_recv().unwrap(), Item::Reset),
+                "{after:?}"
+            );
+            assert_eq!(feed.last(), 0, "{after:?}: read from the start");
+        }
+    }
+
+    #[test]
+    fn entries_lost_past_the_reader_are_a_gap_and_the_rest_is_nothing() {
+        let (mut feed, mut items) = feed_at(5, 1);
+        feed.resync(&bounds(Some(9), Some(7), 1));
+        assert!(matches!(
+            &*items.try_recv().unwrap(),
+            Item::Gap { through: 7 }
+        ));
+        assert_eq!(feed.last(), 5, "what is left after 5 is read");
+        for quiet in [bounds(Some(9), Some(5), 1), bounds(Some(5), None, 0)] {
+            feed.resync(&quiet);
+            assert!(items.try_recv().is_err(), "{quiet:?}");
+        }
+        // A reader that started on an empty key has lost nothing of its own.
+        let (mut fresh, mut items) = feed_at(0, 0);
+        fresh.resync(&bounds(Some(9), Some(7), 0));
+        assert!(items.try_recv().is_err());
+    }
+}
