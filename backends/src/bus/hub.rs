@@ -25,7 +25,7 @@ pub(super) enum Item<P> {
 
 /// The keys a backend reads, each shared by its clients.
 pub(super) struct Hub<B: Broker> {
-    broker: Arc<B>,
+    pub(super) broker: Arc<B>,
     limits: Limits,
     channels: Mutex<HashMap<String, Weak<Channel<B::Position>>>>,
 }

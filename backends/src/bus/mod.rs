@@ -46,6 +46,8 @@ use crate::{Backend, BackendError, BackendStats, Event, EventStream, RequestCont
 pub mod hub;
 pub mod key;
 pub mod limits;
+#[cfg(test)]
+mod memory;
 pub mod notice;
 mod subscriber;
 

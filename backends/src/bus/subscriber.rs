@@ -233,6 +233,132 @@ fn event<P: std::fmt::Display>(entry: Entry<P>) -> Result<Event, BackendError> {
 mod tests {
     use super::*;
 
+    use crate::bus::memory::Memory;
+    use crate::bus::{Bus, Limits};
+    use crate::{Backend, EventStream, RequestContext};
+    use futures::StreamExt;
+
+    /// A bus on `memory` (shared with the test) within `limits`.
+    fn bus(limits: Limits) -> (Bus<Memory>, Arc<Memory>) {
+        let bus = Bus::new(Memory::new(), limits);
+        let memory = Arc::clone(&bus.hub.broker);
+        (bus, memory)
+    }
+
+    async fn open(bus: &Bus<Memory>, resume: Option<&str>) -> EventStream {
+        let ctx = RequestContext {
+            last_event_id: resume.map(str::to_string),
+            ..RequestContext::default()
+        };
+        bus.open(&ctx).await.expect("opens")
+    }
+
+    /// The next `count` items: `n` for an event, the error's kind, message
+    /// start and resume id for an error.
+    async fn next(stream: &mut EventStream, count: usize) -> Vec<String> {
+        let mut got = Vec::new();
+        for _ in 0..count {
+            let item = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+                .await
+                .expect("an item in time")
+                .expect("the stream goes on");
+            got.push(match item {
+                Ok(event) => event.data.to_value()["n"].to_string(),
+                Err(e) => format!("{}@{}", e.kind, e.resume_id.unwrap_or_default()),
+            });
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_comes_page_by_page_then_live() {
+        let (bus, memory) = bus(Limits::default());
+        memory.append(0..10);
+        let mut stream = open(&bus, Some("2")).await;
+        assert_eq!(
+            next(&mut stream, 8).await,
+            ["2", "3", "4", "5", "6", "7", "8", "9"]
+        );
+        memory.append(10..11);
+        assert_eq!(next(&mut stream, 1).await, ["10"]);
+    }
+
+    #[tokio::test]
+    async fn past_max_catchup_the_stream_ends_naming_the_last_event() {
+        let limits = Limits {
+            max_catchup: 4,
+            ..Limits::default()
+        };
+        let (bus, memory) = bus(limits);
+        memory.append(0..10);
+        let mut stream = open(&bus, Some("0")).await;
+        assert_eq!(next(&mut stream, 5).await, ["0", "1", "2", "3", "lagged@4"]);
+        assert!(stream.next().await.is_none());
+        assert_eq!(memory.stats().snapshot().dropped, 1);
+    }
+
+    #[tokio::test]
+    async fn removed_entries_are_announced_before_what_is_left() {
+        let (bus, memory) = bus(Limits::default());
+        memory.append(0..10);
+        memory.remove_through(6);
+        let mut stream = open(&bus, Some("2")).await;
+        assert_eq!(next(&mut stream, 5).await, ["lagged@2", "6", "7", "8", "9"]);
+        // Nothing said to one that had all that went.
+        let mut stream = open(&bus, Some("6")).await;
+        assert_eq!(next(&mut stream, 1).await, ["6"]);
+        // Nor to one that asks for all there is.
+        let mut stream = open(&bus, Some("0")).await;
+        assert_eq!(next(&mut stream, 1).await, ["6"]);
+    }
+
+    #[tokio::test]
+    async fn an_id_past_the_end_is_a_reset_then_all_the_key_holds() {
+        let (bus, memory) = bus(Limits::default());
+        memory.append(0..3);
+        let mut stream = open(&bus, Some("50")).await;
+        assert_eq!(next(&mut stream, 4).await, ["lagged@0", "0", "1", "2"]);
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_entry_is_an_error_naming_it_in_place() {
+        let (bus, memory) = bus(Limits {
+            history: 5,
+            ..Limits::default()
+        });
+        memory.append(0..1);
+        let bad = memory.append_undecodable();
+        memory.append(1..2);
+        let mut stream = open(&bus, None).await;
+        assert_eq!(
+            next(&mut stream, 3).await,
+            ["0", format!("upstream@{bad}").as_str(), "1"]
+        );
+        let mut live = open(&bus, Some("3")).await;
+        memory.append_undecodable();
+        memory.append(2..3);
+        assert_eq!(next(&mut live, 2).await, ["upstream@4", "2"]);
+    }
+
+    #[tokio::test]
+    async fn a_client_behind_the_buffer_catches_up_without_old_entries() {
+        let (bus, memory) = bus(Limits {
+            buffer: 2,
+            ..Limits::default()
+        });
+        memory.append(0..5);
+        let mut stream = open(&bus, None).await;
+        memory.append(100..110);
+        // The reader broadcasts all ten before the client reads one.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let got = next(&mut stream, 10).await;
+        let want: Vec<String> = (100..110).map(|n| n.to_string()).collect();
+        assert_eq!(got, want);
+        assert_eq!(memory.stats().snapshot().lagged, 1);
+    }
+
     /// What an idle client costs beyond its connection: the stream the
     /// gateway boxes holds a client's state and its `next` future. A page
     /// fetch is boxed while it runs, so idle clients do not reserve room for
