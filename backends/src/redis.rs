@@ -417,8 +417,14 @@ impl Broker for Redis {
     /// `XREAD BLOCK` on a connection of its own, reconnecting with backoff;
     /// after a reconnection the key's bounds go to [`Feed::resync`] first.
     async fn follow(&self, key: &str, mut feed: Feed<EntryId>) {
-        let Ok(client) = self.client() else {
-            return;
+        let client = match self.client() {
+            Ok(client) => client,
+            // Validation refuses such a URL; the key's clients wait for
+            // nothing rather than spin.
+            Err(error) => {
+                tracing::error!(%key, %error, "Redis reader cannot start");
+                return std::future::pending().await;
+            }
         };
         let mut backoff = MIN_BACKOFF;
         // Connections after the first are reconnections.
