@@ -202,11 +202,18 @@ impl PrivateRedis {
         args.extend(["--save", ""].iter().chain(persistence).map(OsString::from));
         args.extend([OsString::from("--dir"), self.0.dir().into()]);
         let url = self.url();
+        // Ready once it answers: a Redis loading its data accepts
+        // connections and answers LOADING until done.
         let ready = || async {
             let Ok(client) = redis::Client::open(url.as_str()) else {
                 return false;
             };
-            client.get_multiplexed_async_connection().await.is_ok()
+            let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
+                return false;
+            };
+            let pong: redis::RedisResult<String> =
+                redis::cmd("PING").query_async(&mut connection).await;
+            pong.is_ok()
         };
         self.0.start("redis-server", &args, ready).await;
     }
