@@ -527,6 +527,7 @@ impl Broker for Nats {
     type Position = u64;
     type Pager = Pager;
     const PAGE: usize = 256;
+    const ID: &'static str = "a NATS stream sequence (a decimal number)";
 
     fn parse(&self, id: &str) -> Option<u64> {
         id.parse::<u64>()

@@ -342,6 +342,7 @@ fn unavailable(e: &redis::RedisError) -> BackendError {
 impl Broker for Redis {
     type Position = EntryId;
     type Pager = ();
+    const ID: &'static str = "a Redis stream id (ms-seq)";
 
     fn parse(&self, id: &str) -> Option<EntryId> {
         EntryId::parse(id)

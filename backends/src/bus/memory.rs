@@ -89,6 +89,7 @@ impl Broker for Memory {
     type Position = u64;
     type Pager = ();
     const PAGE: usize = 3;
+    const ID: &'static str = "a number";
 
     fn parse(&self, id: &str) -> Option<u64> {
         id.parse().ok()

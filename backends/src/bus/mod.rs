@@ -10,7 +10,7 @@
 //!   broker's follow loop, which feeds a broadcast buffer of `buffer`
 //!   entries that every client of the key reads; the loop stops when the
 //!   last client leaves. At most `max_keys` keys at once (503 beyond).
-//! - **A client** ([`subscriber`]) gets, in order: a notice if there is one,
+//! - **A client** (`subscriber.rs`) gets, in order: a notice if there is one,
 //!   its history or a page of catch-up, more pages, then the live buffer,
 //!   entries it already has dropped by position. A client that falls more
 //!   than `buffer` entries behind catches up from the broker page by page
@@ -127,6 +127,9 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     type Pager: Default + Send + 'static;
     /// Entries asked for per page.
     const PAGE: usize = 100;
+    /// What the broker's ids look like, for the 400 a malformed one gets
+    /// (`"a Redis stream id (ms-seq)"`).
+    const ID: &'static str;
 
     /// The position a `Last-Event-ID` names, `None` when it is not one of
     /// this broker's ids (a 400).
