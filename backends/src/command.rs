@@ -40,7 +40,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command as Process};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::Problem;
+use crate::problem::Problem;
 use crate::{Backend, BackendError, Data, ErrorKind, Event, EventStream, RequestContext};
 
 /// How lines become events.

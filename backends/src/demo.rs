@@ -29,8 +29,8 @@ use futures::StreamExt;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Problem;
 use crate::json::{self, Key, Scalar, Shape};
+use crate::problem::Problem;
 use crate::{Backend, BackendError, Data, Event, EventStream, JsonBody, RequestContext};
 
 /// Configuration of the `demo` backend. Every field has a default, and the

@@ -58,6 +58,12 @@ pub struct BackendError {
     pub kind: ErrorKind,
     /// What went wrong, in words a client can act on.
     pub message: String,
+    /// For a failure in the middle of a stream that tells where the client
+    /// stands (a bus's `lagged` error, a gap, an entry it cannot decode):
+    /// the backend's id that resumes exactly where the stream goes on after
+    /// it. The gateway sends it as the error event's `resume_id` (and SSE
+    /// `id`), so that a client need not read it out of the message.
+    pub resume_id: Option<String>,
 }
 
 impl BackendError {
@@ -66,7 +72,14 @@ impl BackendError {
         Self {
             kind,
             message: message.into(),
+            resume_id: None,
         }
+    }
+
+    /// The same error, naming the id the client resumes from after it.
+    pub fn with_resume_id(mut self, id: impl Into<String>) -> Self {
+        self.resume_id = Some(id.into());
+        self
     }
 
     /// A client error (400).

@@ -78,9 +78,9 @@ use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::config::Problem;
 use crate::env::expand as expand_env;
 use crate::json::{Key, Scalar, Shape};
+use crate::problem::Problem;
 use crate::{
     Backend, BackendError, BackendStats, Data, ErrorKind, Event, EventStream, RequestContext,
 };
@@ -211,7 +211,7 @@ impl HttpConfig {
 }
 
 /// The method of the upstream request (the config's one method type).
-pub use crate::config::HttpMethod as UpstreamMethod;
+pub use crate::method::HttpMethod as UpstreamMethod;
 
 /// What the upstream streams.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

@@ -19,9 +19,18 @@
 //! - [`backend`]: the [`Backend`] trait with its one method, `open`.
 //! - [`config`]: [`BackendConfig`], the closed, tagged enum of built-in
 //!   backends as they appear in a config file, with `validate` and `build`.
+//! - [`problem`]: [`Problem`](problem::Problem), what every `validate`
+//!   reports; [`method`]: the [`HttpMethod`](method::HttpMethod) configs name.
+//!   Leaves: they use nothing else of the crate.
 //! - [`stats`]: [`BackendStats`], what a backend counts about its upstream
 //!   and its slow clients, for the gateway's metrics.
-//! - One module per backend: [`demo`] (the reference stream), [`ticker`].
+//! - [`bus`]: what every bus backend shares (one reader per key, clients,
+//!   catch-up, the notices that keep loss from being silent, key templates,
+//!   limits), written once over the [`Broker`](bus::Broker) trait that
+//!   [`redis`] and [`nats`] implement.
+//! - One module per backend: [`demo`] (the reference stream), [`ticker`],
+//!   [`command`], [`http`], [`redis`], [`nats`]; [`publish`] for the routes
+//!   that append to a bus.
 //! - `testing` (feature `testing`): mock backends for the gateway's own tests.
 //!
 //! A request flows: the gateway builds a [`RequestContext`], calls
@@ -31,6 +40,7 @@
 
 pub mod backend;
 pub mod body;
+pub mod bus;
 pub mod command;
 pub mod config;
 pub mod context;
@@ -41,10 +51,11 @@ pub mod event;
 pub mod http;
 pub mod json;
 pub mod lines;
+pub mod method;
 pub mod nats;
+pub mod problem;
 pub mod publish;
 pub mod redis;
-mod registry;
 pub mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -12,9 +12,9 @@ use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::config::Problem;
 use crate::json::{self, Key, Scalar, Shape};
 use crate::nats::{NatsPublisher, NatsTarget};
+use crate::problem::Problem;
 use crate::redis::{RedisPublisher, RedisTarget};
 use crate::{BackendError, Data, JsonBody, RequestContext};
 
@@ -133,7 +133,7 @@ impl PublisherConfig {
     /// The publisher. Call [`validate`](Self::validate) first.
     pub fn build(&self) -> Arc<dyn Publisher> {
         match self {
-            Self::Redis(c) => Arc::new(RedisPublisher::new(c.clone())),
+            Self::Redis(c) => Arc::new(RedisPublisher::new(c)),
             Self::Nats(c) => Arc::new(NatsPublisher::new(c)),
         }
     }

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::time::MissedTickBehavior;
 
-use crate::config::Problem;
+use crate::problem::Problem;
 use crate::{Backend, BackendError, Data, Event, EventStream, RequestContext};
 
 /// Configuration of the `ticker` backend.

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+pub mod bus;
 pub mod exposition;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -432,7 +432,7 @@ impl RouteConfig {
 }
 
 /// A method a route answers (the config's one method type).
-pub use backends::config::HttpMethod as RouteMethod;
+pub use backends::method::HttpMethod as RouteMethod;
 
 /// What a backend's mid-stream failure does to the route's stream.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! What the `redis` and `nats` backends share among the clients of one key
+//! What a bus backend shares among the clients of one key
 //! (a stream key or a subject, made from the request's path): found by its
 //! key while any client holds it, and gone from the map with its last
 //! client. A key is a request value, so no entry may outlive the requests
