@@ -450,3 +450,31 @@ async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
             .contains(r#"gateway_connection_timeouts_total{phase="send"} 1"#)
     );
 }
+
+#[tokio::test]
+async fn refusals_never_hand_a_request_value_back_in_bulk() {
+    let server = server(ServerConfig::default()).await;
+    let long = "é".repeat(1300);
+    let encoded: String = url_escape(&long);
+    for target in [
+        format!("/{encoded}"),
+        format!("/s?format={encoded}"),
+    ] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let response = raw_exchange(server.addr, request.as_bytes()).await;
+        assert!(matches!(response.status, 400 | 404), "{response:?}");
+        assert!(response.body.len() < 600, "{} bytes answered", response.body.len());
+    }
+    let response = client()
+        .get(server.url("/s"))
+        .header("last-event-id", "x".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().len() < 600);
+}
+
+fn url_escape(text: &str) -> String {
+    text.bytes().map(|b| format!("%{b:02X}")).collect()
+}

@@ -117,7 +117,8 @@ impl Backend for Demo {
                 Ok(last) => last + 1,
                 Err(_) => {
                     return Err(BackendError::bad_request(format!(
-                        "Last-Event-ID {last:?} is not an id of this stream (0 to {end_id})"
+                        "Last-Event-ID {} is not an id of this stream (0 to {end_id})",
+                        crate::Shown(last)
                     )));
                 }
             },

@@ -65,6 +65,6 @@ pub use backend::{Backend, EventStream};
 pub use body::JsonBody;
 pub use config::BackendConfig;
 pub use context::RequestContext;
-pub use error::{BackendError, ErrorKind};
+pub use error::{BackendError, ErrorKind, Shown};
 pub use event::{Data, Event};
 pub use stats::BackendStats;

@@ -551,7 +551,10 @@ impl Broker for Nats {
         if !held {
             return Err(BackendError::new(
                 ErrorKind::NotFound,
-                format!("no subject {subject:?} here: the stream does not hold it"),
+                format!(
+                    "no subject {} here: the stream does not hold it",
+                    crate::Shown(subject)
+                ),
             ));
         }
         Ok(stream_bounds(&info))
@@ -731,7 +734,10 @@ impl Consumer {
             } else if is_code(code.as_ref(), ErrorCode::CONSUMER_FILTER_NOT_SUBSET) {
                 BackendError::new(
                     ErrorKind::NotFound,
-                    format!("no subject {subject:?} here: the stream does not hold it"),
+                    format!(
+                        "no subject {} here: the stream does not hold it",
+                        crate::Shown(subject)
+                    ),
                 )
             } else {
                 unavailable("creating a consumer", e)

@@ -91,7 +91,8 @@ impl Backend for Ticker {
             Some(last) => {
                 let last = last.trim().parse::<u64>().map_err(|_| {
                     BackendError::bad_request(format!(
-                        "Last-Event-ID {last:?} is not a ticker sequence number"
+                        "Last-Event-ID {} is not a ticker sequence number",
+                        crate::Shown(last)
                     ))
                 })?;
                 // After the largest number there is nothing more.

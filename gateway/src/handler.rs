@@ -15,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use backends::publish::Publication;
-use backends::{JsonBody, RequestContext};
+use backends::{JsonBody, RequestContext, Shown};
 use http_body_util::BodyExt;
 use tower::{Layer, ServiceExt};
 use tracing::Instrument;
@@ -172,7 +172,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no stream route matches {path}"),
+            format!("no stream route matches {}", Shown(path)),
         ));
     };
     let route = Arc::clone(matched.value);
@@ -497,7 +497,8 @@ fn negotiate_format(
             offered
         }),
         Refusal::UnknownFormat(f) => ApiError::bad_request(format!(
-            "format={f:?} is unknown; use format=sse or format=ndjson"
+            "format={} is unknown; use format=sse or format=ndjson",
+            Shown(&f)
         )),
     })
 }

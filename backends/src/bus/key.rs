@@ -103,7 +103,7 @@ pub fn allowed(key: String, pattern: Option<&impl Pattern>) -> Result<String, Ba
     match pattern {
         Some(pattern) if !pattern.allows(&key) => Err(BackendError::new(
             ErrorKind::NotFound,
-            format!("no stream {key:?} here"),
+            format!("no stream {} here", crate::Shown(&key)),
         )),
         _ => Ok(key),
     }

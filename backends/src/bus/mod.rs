@@ -217,7 +217,8 @@ impl<B: Broker> Backend for Bus<B> {
             None => None,
             Some(id) => Some(broker.parse(id).ok_or_else(|| {
                 BackendError::bad_request(format!(
-                    "Last-Event-ID {id:?} is not an id of this stream"
+                    "Last-Event-ID {} is not an id of this stream",
+                    crate::Shown(id)
                 ))
             })?),
         };
