@@ -1,0 +1,478 @@
+//! `slow-heads`: connections that trickle a request head a byte at a time
+//! (each byte would reset an idle timer, not this one), and connections
+//! that send nothing. Each holds a socket, a file descriptor and a task
+//! for as long as the gateway lets it.
+//!
+//! Passes when every trickled head is answered `408` (`request_timeout`,
+//! `Connection: close`) and closed, every silent connection is closed
+//! without a byte, all of them between `head_timeout` and `head_timeout` +
+//! [`Params::margin`] after they connected, an ordinary client gets its
+//! first event within [`Params::probe_limit`] all along, and the gateway's
+//! open files are back to where they were.
+//!
+//! Then again with the gateway's open-file limit lowered below the number
+//! of attackers: without the head timeout it would hold every descriptor
+//! for good and serve nobody; with it, the first attackers are closed at
+//! `head_timeout`, the gateway accepts again (after its one-second pause on
+//! a failed accept) and the ordinary client waiting in the backlog is
+//! served.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinSet;
+
+use super::{Target, first_event, ms};
+use crate::client::{self, Answer, End, Tune};
+use crate::error::Error;
+use crate::gateway::Config;
+use crate::{Options, Report, Scale};
+
+/// The scenario's parameters.
+#[derive(Debug, Serialize)]
+struct Params {
+    /// Connections trickling a head.
+    slow: usize,
+    /// Connections sending nothing.
+    silent: usize,
+    /// Loopback addresses they come from (at most 1,000 connections each,
+    /// `max_connections_per_client`, left at its default).
+    sources: usize,
+    /// `server.head_timeout`.
+    #[serde(with = "humantime_serde")]
+    head_timeout: Duration,
+    /// Between two bytes of a trickled head.
+    #[serde(with = "humantime_serde")]
+    trickle: Duration,
+    /// Allowed past `head_timeout` for the close to arrive: thousands of
+    /// timers firing together, on a loaded machine.
+    #[serde(with = "humantime_serde")]
+    margin: Duration,
+    /// How often the ordinary client asks, and how long it may wait for
+    /// its first event.
+    #[serde(with = "humantime_serde")]
+    probe_every: Duration,
+    #[serde(with = "humantime_serde")]
+    probe_limit: Duration,
+    /// The open-file limit of the second gateway, and its attackers (half
+    /// trickling, half silent): more than it can hold.
+    open_files: u64,
+    attackers_over_limit: usize,
+    /// The gateway's pause after a failed accept.
+    #[serde(with = "humantime_serde")]
+    accept_pause: Duration,
+}
+
+impl Params {
+    fn at(scale: Scale) -> Self {
+        match scale {
+            Scale::Small => Self {
+                slow: 50,
+                silent: 50,
+                sources: 2,
+                head_timeout: Duration::from_secs(2),
+                trickle: Duration::from_millis(300),
+                margin: Duration::from_secs(2),
+                probe_every: Duration::from_millis(500),
+                probe_limit: Duration::from_secs(2),
+                open_files: 64,
+                attackers_over_limit: 96,
+                accept_pause: Duration::from_secs(1),
+            },
+            Scale::Full => Self {
+                slow: 1_000,
+                silent: 1_000,
+                sources: 16,
+                head_timeout: Duration::from_secs(10),
+                trickle: Duration::from_secs(2),
+                margin: Duration::from_secs(3),
+                probe_every: Duration::from_secs(1),
+                probe_limit: Duration::from_secs(1),
+                open_files: 1_024,
+                attackers_over_limit: 1_536,
+                accept_pause: Duration::from_secs(1),
+            },
+        }
+    }
+
+    fn config(&self) -> Config {
+        Config::new()
+            .server(
+                "head_timeout",
+                format!("{}ms", self.head_timeout.as_millis()).as_str(),
+            )
+            .route("tick", "/tick", "", "type = \"ticker\"\ninterval = \"1s\"")
+    }
+
+    /// Where the ordinary client comes from: an address no attacker uses.
+    fn probe_source(&self) -> IpAddr {
+        client::source(self.sources, self.sources + 1)
+    }
+}
+
+/// The head a slow client trickles: it never ends.
+const HEAD: &[u8] = b"GET /tick HTTP/1.1\r\nHost: attack\r\nAccept: text/event-stream\r\nX-Slow: ";
+
+pub(super) async fn run(options: &Options, report: &mut Report) -> Result<(), Error> {
+    let params = Params::at(options.scale);
+    report.settings = serde_json::to_value(&params).unwrap_or_default();
+    let normal = normal_limits(options, report, &params).await?;
+    report.figure("default_limits", normal);
+    let low = low_open_files(options, report, &params).await?;
+    report.figure("low_open_file_limit", low);
+    Ok(())
+}
+
+/// One attacker's outcome.
+#[derive(Debug)]
+struct Attacker {
+    slow: bool,
+    answer: Answer,
+}
+
+impl Attacker {
+    /// A slow head answered 408 with the JSON error, then closed; a silent
+    /// connection closed without a byte.
+    fn as_expected(&self) -> bool {
+        if self.answer.end == End::Open {
+            return false;
+        }
+        if self.slow {
+            self.answer.status() == Some(408)
+                && self.answer.contains(b"\"request_timeout\"")
+                && self.answer.header("connection").as_deref() == Some("close")
+        } else {
+            self.answer.bytes.is_empty()
+        }
+    }
+}
+
+/// Starts `slow` trickling and `silent` silent attackers.
+fn attack(
+    set: &mut JoinSet<Attacker>,
+    addr: SocketAddr,
+    params: &Params,
+    slow: usize,
+    silent: usize,
+    wait: Duration,
+) {
+    for i in 0..slow + silent {
+        let from = client::source(i, params.sources);
+        let trickle = params.trickle;
+        let is_slow = i < slow;
+        set.spawn(async move {
+            let answer = match client::connect(addr, from, Tune::default()).await {
+                Ok(tcp) if is_slow => trickled(tcp, trickle, wait).await,
+                Ok(mut tcp) => client::read_answer(&mut tcp, wait, Duration::ZERO).await,
+                Err(error) => Answer {
+                    bytes: error.to_string().into_bytes(),
+                    end: End::Open,
+                    after: Duration::ZERO,
+                },
+            };
+            Attacker {
+                slow: is_slow,
+                answer,
+            }
+        });
+    }
+}
+
+/// Sends [`HEAD`] and then `a`s, a byte every `trickle`, while reading
+/// what comes back, until the gateway closes (or `wait` passes).
+async fn trickled(mut tcp: tokio::net::TcpStream, trickle: Duration, wait: Duration) -> Answer {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + wait;
+    let (mut reader, mut writer) = tcp.split();
+    let mut bytes = HEAD.iter().chain(std::iter::repeat(&b'a'));
+    let mut next = tokio::time::Instant::now();
+    let mut writing = true;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        tokio::select! {
+            read = reader.read(&mut buf) => match read {
+                Ok(0) => break End::Closed,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => break End::Reset,
+            },
+            () = tokio::time::sleep_until(next), if writing => {
+                let byte = bytes.next().copied().unwrap_or(b'a');
+                // Once the gateway has closed, writing fails; what it
+                // answered is still to be read.
+                writing = writer.write_all(&[byte]).await.is_ok();
+                next += trickle;
+            }
+            () = tokio::time::sleep_until(deadline) => break End::Open,
+        }
+    };
+    Answer {
+        bytes: got,
+        end,
+        after: started.elapsed(),
+    }
+}
+
+/// The first gateway: default limits.
+async fn normal_limits(
+    options: &Options,
+    report: &mut Report,
+    params: &Params,
+) -> Result<serde_json::Value, Error> {
+    let label = "default limits";
+    let target = Target::start(options, report, label, &params.config()).await?;
+    let gateway = &target.gateway;
+    let files_before = gateway.open_files().unwrap_or(0);
+    let wait = params.head_timeout + params.margin + Duration::from_secs(5);
+    let mut set = JoinSet::new();
+    attack(
+        &mut set,
+        gateway.addr,
+        params,
+        params.slow,
+        params.silent,
+        wait,
+    );
+    let mut attackers = Vec::new();
+    let mut probes = Vec::new();
+    {
+        let probing = async {
+            loop {
+                tokio::time::sleep(params.probe_every).await;
+                let probe = first_event(
+                    gateway,
+                    params.probe_source(),
+                    "/tick",
+                    params.probe_limit * 5,
+                )
+                .await;
+                probes.push(probe);
+            }
+        };
+        let joined = async {
+            while let Some(attacker) = set.join_next().await {
+                if let Ok(attacker) = attacker {
+                    attackers.push(attacker);
+                }
+            }
+        };
+        tokio::select! {
+            () = joined => {}
+            () = probing => {}
+        }
+    }
+    let peak_files = report
+        .samples
+        .iter()
+        .map(|s| s.open_files)
+        .max()
+        .unwrap_or(0);
+    let settled = super::eventually(Duration::from_secs(5), || async {
+        gateway.open_files().unwrap_or(u64::MAX) <= files_before
+    })
+    .await;
+    let files_after = gateway.open_files().unwrap_or(0);
+    let timeouts = gateway
+        .metric("gateway_connection_timeouts_total", &[("phase", "head")])
+        .await?;
+
+    let started = (params.slow, params.silent);
+    let figures = judge(
+        report,
+        label,
+        params,
+        &attackers,
+        started,
+        params.head_timeout,
+    );
+    let slowest_probe = probes.iter().filter_map(|p| p.as_ref().ok()).max().copied();
+    let failed_probes: Vec<_> = probes.iter().filter_map(|p| p.as_ref().err()).collect();
+    report.check(
+        format!(
+            "{label}: an ordinary client got its first event within {:?} all along",
+            params.probe_limit
+        ),
+        !probes.is_empty()
+            && failed_probes.is_empty()
+            && slowest_probe.is_some_and(|s| s <= params.probe_limit),
+        format!(
+            "{} probes, slowest {:.1} ms{}",
+            probes.len(),
+            slowest_probe.map_or(0.0, ms),
+            failed_probes
+                .first()
+                .map_or(String::new(), |e| format!("; failed: {e}"))
+        ),
+    );
+    let expected = (params.slow + params.silent) as f64;
+    report.check(
+        format!(
+            "{label}: gateway_connection_timeouts_total{{phase=\"head\"}} counts every attacker"
+        ),
+        timeouts >= expected,
+        format!("{timeouts} for {expected} attackers"),
+    );
+    report.check(
+        format!("{label}: open files back to where they were"),
+        settled,
+        format!("{files_before} before, {files_after} after"),
+    );
+    target.finish(report);
+    Ok(json!({
+        "attackers": figures,
+        "probes": probes.len(),
+        "slowest_probe_ms": slowest_probe.map(ms),
+        "open_files_before": files_before,
+        "open_files_peak": peak_files,
+        "open_files_after": files_after,
+        "head_timeouts_counted": timeouts,
+    }))
+}
+
+/// Checks every attacker's outcome and timing against `head_timeout` (from
+/// its connect; `due` is later for those waiting to be accepted) and that
+/// all `started` (trickling, silent) are there; returns the figures.
+fn judge(
+    report: &mut Report,
+    label: &str,
+    params: &Params,
+    attackers: &[Attacker],
+    started: (usize, usize),
+    due: Duration,
+) -> serde_json::Value {
+    let slow: Vec<_> = attackers.iter().filter(|a| a.slow).collect();
+    let silent: Vec<_> = attackers.iter().filter(|a| !a.slow).collect();
+    let slow_ok = slow.iter().filter(|a| a.as_expected()).count();
+    let silent_ok = silent.iter().filter(|a| a.as_expected()).count();
+    let first = attackers
+        .iter()
+        .map(|a| a.answer.after)
+        .min()
+        .unwrap_or_default();
+    let last = attackers
+        .iter()
+        .map(|a| a.answer.after)
+        .max()
+        .unwrap_or_default();
+    let still_open = attackers
+        .iter()
+        .filter(|a| a.answer.end == End::Open)
+        .count();
+    let odd = attackers.iter().find(|a| !a.as_expected()).map(|a| {
+        String::from_utf8_lossy(&a.answer.bytes[..a.answer.bytes.len().min(120)]).into_owned()
+    });
+    report.check(
+        format!("{label}: every trickled head answered 408 (request_timeout, Connection: close) and closed"),
+        slow_ok == started.0,
+        format!("{slow_ok} of {}{}", started.0, odd.as_ref().map_or(String::new(), |o| format!("; e.g. {o:?}"))),
+    );
+    report.check(
+        format!("{label}: every silent connection closed without a byte"),
+        silent_ok == started.1,
+        format!("{silent_ok} of {}", started.1),
+    );
+    // A close can come a timer tick early, not more.
+    let earliest = params
+        .head_timeout
+        .saturating_sub(Duration::from_millis(50));
+    let latest = due + params.margin;
+    report.check(
+        format!(
+            "{label}: every attacker closed between head_timeout and {:?} after it connected",
+            latest
+        ),
+        still_open == 0 && first >= earliest && last <= latest,
+        format!(
+            "first closed after {:.0} ms, last after {:.0} ms, {still_open} still open",
+            ms(first),
+            ms(last)
+        ),
+    );
+    json!({
+        "slow": slow.len(),
+        "slow_answered_408": slow_ok,
+        "silent": silent.len(),
+        "silent_closed_quietly": silent_ok,
+        "first_closed_ms": ms(first),
+        "last_closed_ms": ms(last),
+        "still_open": still_open,
+    })
+}
+
+/// The second gateway: fewer open files than attackers.
+async fn low_open_files(
+    options: &Options,
+    report: &mut Report,
+    params: &Params,
+) -> Result<serde_json::Value, Error> {
+    let label = format!("open-file limit {}", params.open_files);
+    let target = Target::start(options, report, &label, &params.config()).await?;
+    let gateway = &target.gateway;
+    gateway.limit_open_files(params.open_files)?;
+    let attackers_count = params.attackers_over_limit;
+    // Those waiting in the backlog are accepted once the first ones are
+    // closed (after the gateway's pause on a failed accept), and then have
+    // their own head_timeout.
+    let second_wave = params.head_timeout * 2 + params.accept_pause;
+    let wait = second_wave + params.margin + Duration::from_secs(5);
+    let mut set = JoinSet::new();
+    let slow = attackers_count / 2;
+    attack(
+        &mut set,
+        gateway.addr,
+        params,
+        slow,
+        attackers_count - slow,
+        wait,
+    );
+    // Let the gateway take every descriptor it can.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let files_full = gateway.open_files().unwrap_or(0);
+    let probe_bound = params.head_timeout + params.accept_pause + params.margin;
+    let probe = first_event(
+        gateway,
+        params.probe_source(),
+        "/tick",
+        second_wave + params.margin * 2,
+    )
+    .await;
+    let mut attackers = Vec::new();
+    while let Some(attacker) = set.join_next().await {
+        if let Ok(attacker) = attacker {
+            attackers.push(attacker);
+        }
+    }
+    let healthy = client::get(gateway.addr, "/healthz").await.map(|(s, _)| s);
+    let accept_failures = gateway
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("Accepting a connection failed"))
+        .count();
+    report.check(
+        format!("{label}: an ordinary client waiting behind the attackers is served within head_timeout + accept pause + margin"),
+        probe.as_ref().is_ok_and(|t| *t <= probe_bound),
+        match &probe {
+            Ok(t) => format!("first event after {:.0} ms (bound {:.0} ms); the gateway held {files_full} files", ms(*t), ms(probe_bound)),
+            Err(e) => format!("{e}; the gateway held {files_full} files"),
+        },
+    );
+    let started = (slow, attackers_count - slow);
+    let figures = judge(report, &label, params, &attackers, started, second_wave);
+    report.check(
+        format!("{label}: the gateway serves again afterwards"),
+        matches!(healthy, Ok(200)),
+        format!("/healthz: {healthy:?}; {accept_failures} failed accepts logged"),
+    );
+    target.finish(report);
+    Ok(json!({
+        "attackers": figures,
+        "open_files_limit": params.open_files,
+        "open_files_when_full": files_full,
+        "probe_first_event_ms": probe.as_ref().ok().map(|t| ms(*t)),
+        "probe_bound_ms": ms(probe_bound),
+        "failed_accepts_logged": accept_failures,
+    }))
+}
