@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
 use super::{Target, first_event, ms};
-use crate::client::{self, Answer, End, Tune};
+use crate::client::{self, Answer, End, Format, Stream, StreamRequest, Tune};
 use crate::error::Error;
 use crate::gateway::Config;
 use crate::{Options, Report, Scale};
@@ -64,6 +64,13 @@ struct Params {
     /// The gateway's pause after a failed accept.
     #[serde(with = "humantime_serde")]
     accept_pause: Duration,
+    /// The third gateway, flooded from one address: its
+    /// `max_connections_per_client` and `max_streams_per_client`, and the
+    /// connections past those being refused at once (`gateway::REFUSING`),
+    /// which must be closed as soon as they are accepted.
+    flood_connections_per_client: usize,
+    flood_streams_per_client: usize,
+    flood_past_refusing: usize,
 }
 
 impl Params {
@@ -81,6 +88,9 @@ impl Params {
                 open_files: 64,
                 attackers_over_limit: 96,
                 accept_pause: Duration::from_secs(1),
+                flood_connections_per_client: 20,
+                flood_streams_per_client: 10,
+                flood_past_refusing: 50,
             },
             Scale::Full => Self {
                 slow: 1_000,
@@ -94,6 +104,9 @@ impl Params {
                 open_files: 1_024,
                 attackers_over_limit: 1_536,
                 accept_pause: Duration::from_secs(1),
+                flood_connections_per_client: 1_000,
+                flood_streams_per_client: 500,
+                flood_past_refusing: 200,
             },
         }
     }
@@ -123,6 +136,8 @@ pub(super) async fn run(options: &Options, report: &mut Report) -> Result<(), Er
     report.figure("default_limits", normal);
     let low = low_open_files(options, report, &params).await?;
     report.figure("low_open_file_limit", low);
+    let flood = one_address(options, report, &params).await?;
+    report.figure("one_address", flood);
     Ok(())
 }
 
@@ -164,7 +179,11 @@ fn attack(
         let trickle = params.trickle;
         let is_slow = i < slow;
         set.spawn(async move {
-            let answer = match client::connect(addr, from, Tune::default()).await {
+            // Timed from before the connect: the gateway's clock starts at
+            // its accept, later, and this task may run well after the
+            // connect completed when thousands start at once.
+            let started = Instant::now();
+            let mut answer = match client::connect(addr, from, Tune::default()).await {
                 Ok(tcp) if is_slow => trickled(tcp, trickle, wait).await,
                 Ok(mut tcp) => client::read_answer(&mut tcp, wait, Duration::ZERO).await,
                 Err(error) => Answer {
@@ -173,6 +192,7 @@ fn attack(
                     after: Duration::ZERO,
                 },
             };
+            answer.after = started.elapsed();
             Attacker {
                 slow: is_slow,
                 answer,
@@ -374,10 +394,9 @@ fn judge(
         silent_ok == started.1,
         format!("{silent_ok} of {}", started.1),
     );
-    // A close can come a timer tick early, not more.
-    let earliest = params
-        .head_timeout
-        .saturating_sub(Duration::from_millis(50));
+    // Timed from before the connect: no close may come sooner (but for a
+    // timer tick).
+    let earliest = params.head_timeout.saturating_sub(Duration::from_millis(2));
     let latest = due + params.margin;
     report.check(
         format!(
@@ -475,4 +494,199 @@ async fn low_open_files(
         "probe_bound_ms": ms(probe_bound),
         "failed_accepts_logged": accept_failures,
     }))
+}
+
+/// The third gateway: one address takes its streams and connections, then
+/// floods on: its next stream is 429, its next connection is answered 429
+/// and closed, the next `REFUSING` are held only until `head_timeout`, and
+/// any more are closed as soon as they are accepted; other clients are
+/// served meanwhile.
+async fn one_address(
+    options: &Options,
+    report: &mut Report,
+    params: &Params,
+) -> Result<serde_json::Value, Error> {
+    let label = "one address floods";
+    let (connections, streams) = (
+        params.flood_connections_per_client,
+        params.flood_streams_per_client,
+    );
+    let config = params
+        .config()
+        .server("max_connections_per_client", connections)
+        .server("max_streams_per_client", streams);
+    let target = Target::start(options, report, label, &config).await?;
+    let gateway = &target.gateway;
+    let addr = gateway.addr;
+    let flooder = client::source(249, 254);
+    let request = StreamRequest::get("/tick", Format::Sse);
+
+    // Its streams, each with its first event, held to the end.
+    let mut held = Vec::new();
+    for _ in 0..streams {
+        let mut stream = Stream::open(addr, flooder, Tune::default(), &request).await?;
+        if stream.status == 200 && matches!(stream.next().await, Ok(Some(_))) {
+            held.push(stream);
+        }
+    }
+    let extra_stream = Stream::open(addr, flooder, Tune::default(), &request)
+        .await
+        .map(|s| s.status);
+    let streams_refused = gateway
+        .metric("gateway_streams_refused_total", &[("reason", "per_client")])
+        .await?;
+    // The rest of its connections, silent.
+    let wait = params.head_timeout + params.margin + Duration::from_secs(5);
+    let mut silent = JoinSet::new();
+    attack_from(&mut silent, addr, flooder, connections - streams, wait);
+    super::eventually(Duration::from_secs(30), || async {
+        gateway.open_files().unwrap_or(0) >= (connections + 10) as u64
+    })
+    .await;
+    // One more, with a request: refused.
+    let refused = async {
+        let mut tcp = client::connect(addr, flooder, Tune::default()).await?;
+        let head = client::head("GET", "/tick", &[("Accept", "text/event-stream")]);
+        tcp.write_all(head.as_bytes())
+            .await
+            .map_err(Error::io("send a request"))?;
+        Ok::<_, Error>(
+            client::read_answer(&mut tcp, Duration::from_secs(5), Duration::from_secs(2)).await,
+        )
+    }
+    .await?;
+    // And past the connections being refused at once.
+    let mut flood = JoinSet::new();
+    let past = ::gateway::REFUSING + params.flood_past_refusing;
+    attack_from(&mut flood, addr, flooder, past, wait);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let probe = first_event(
+        gateway,
+        params.probe_source(),
+        "/tick",
+        params.probe_limit * 5,
+    )
+    .await;
+    let mut flooded = Vec::new();
+    while let Some(done) = flood.join_next().await {
+        if let Ok(attacker) = done {
+            flooded.push(attacker);
+        }
+    }
+    let mut quiet = Vec::new();
+    while let Some(done) = silent.join_next().await {
+        if let Ok(attacker) = done {
+            quiet.push(attacker);
+        }
+    }
+    let answered = gateway
+        .metric(
+            "gateway_connections_refused_total",
+            &[("reason", "per_client"), ("outcome", "answered")],
+        )
+        .await?;
+    let closed_counted = gateway
+        .metric(
+            "gateway_connections_refused_total",
+            &[("reason", "per_client"), ("outcome", "closed")],
+        )
+        .await?;
+    let streams_held = held.len();
+    drop(held);
+
+    let at_once =
+        |a: &&Attacker| a.answer.after < Duration::from_secs(1) && a.answer.end != End::Open;
+    let closed_at_once = flooded.iter().filter(at_once).count();
+    let held_to_timeout = flooded
+        .iter()
+        .filter(|a| a.answer.after >= params.head_timeout.saturating_sub(Duration::from_millis(2)))
+        .filter(|a| a.answer.end != End::Open && a.answer.bytes.is_empty())
+        .count();
+    let quiet_ok = quiet.iter().filter(|a| a.as_expected()).count();
+    report.check(
+        format!("{label}: stream {} of one client is 429 (max_streams_per_client), counted", streams + 1),
+        matches!(extra_stream, Ok(429)) && streams_refused >= 1.0 && streams_held == streams,
+        format!("{} streams held, the next: {extra_stream:?}; gateway_streams_refused_total{{reason=\"per_client\"}} {streams_refused}", streams_held),
+    );
+    report.check(
+        format!(
+            "{label}: connection {} of one client is answered 429 with Retry-After and closed",
+            connections + 1
+        ),
+        refused.status() == Some(429)
+            && refused.header("retry-after").is_some()
+            && refused.end != End::Open,
+        format!(
+            "{:?} retry-after {:?}, {:?}",
+            refused.status(),
+            refused.header("retry-after"),
+            refused.end
+        ),
+    );
+    report.check(
+        format!("{label}: past {} connections being refused, the next are closed at once", ::gateway::REFUSING),
+        closed_at_once + 1 >= params.flood_past_refusing
+            && closed_at_once <= params.flood_past_refusing + 1
+            && held_to_timeout + closed_at_once == past,
+        format!(
+            "of {past}: {closed_at_once} closed at once, {held_to_timeout} held until head_timeout; counted: {answered} answered, {closed_counted} closed"
+        ),
+    );
+    report.check(
+        format!("{label}: its silent connections closed at head_timeout without a byte"),
+        quiet_ok == connections - streams,
+        format!("{quiet_ok} of {}", connections - streams),
+    );
+    report.check(
+        format!(
+            "{label}: another client got its first event within {:?} meanwhile",
+            params.probe_limit
+        ),
+        probe.as_ref().is_ok_and(|t| *t <= params.probe_limit),
+        match &probe {
+            Ok(t) => format!("{:.1} ms", ms(*t)),
+            Err(e) => e.clone(),
+        },
+    );
+    target.finish(report);
+    Ok(json!({
+        "connections_per_client": connections,
+        "streams_per_client": streams,
+        "extra_stream_status": extra_stream.ok(),
+        "refused_connection_status": refused.status(),
+        "flood_past_limit": past,
+        "closed_at_once": closed_at_once,
+        "held_until_head_timeout": held_to_timeout,
+        "connections_refused_answered": answered,
+        "connections_refused_closed": closed_counted,
+        "probe_first_event_ms": probe.as_ref().ok().map(|t| ms(*t)),
+    }))
+}
+
+/// Starts `count` silent attackers from one address.
+fn attack_from(
+    set: &mut JoinSet<Attacker>,
+    addr: SocketAddr,
+    from: IpAddr,
+    count: usize,
+    wait: Duration,
+) {
+    for _ in 0..count {
+        set.spawn(async move {
+            let started = Instant::now();
+            let mut answer = match client::connect(addr, from, Tune::default()).await {
+                Ok(mut tcp) => client::read_answer(&mut tcp, wait, Duration::ZERO).await,
+                Err(error) => Answer {
+                    bytes: error.to_string().into_bytes(),
+                    end: End::Open,
+                    after: Duration::ZERO,
+                },
+            };
+            answer.after = started.elapsed();
+            Attacker {
+                slow: false,
+                answer,
+            }
+        });
+    }
 }
