@@ -16,6 +16,13 @@
 //! `head_timeout`, the gateway accepts again (after its one-second pause on
 //! a failed accept) and the ordinary client waiting in the backlog is
 //! served.
+//!
+//! Then a third gateway is flooded from one address: its streams up to
+//! `max_streams_per_client` (the next is 429), its connections up to
+//! `max_connections_per_client` (the next is answered 429 and closed),
+//! then [`gateway::REFUSING`] more are held until `head_timeout` and the
+//! rest are closed as soon as they are accepted, all counted in the
+//! metrics, while a client from elsewhere is served.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
