@@ -265,10 +265,12 @@ async fn normal_limits(
     );
     let mut attackers = Vec::new();
     let mut probes = Vec::new();
+    let mut peak_files = 0;
     {
         let probing = async {
             loop {
                 tokio::time::sleep(params.probe_every).await;
+                peak_files = peak_files.max(gateway.open_files().unwrap_or(0));
                 let probe = first_event(
                     gateway,
                     params.probe_source(),
@@ -291,12 +293,6 @@ async fn normal_limits(
             () = probing => {}
         }
     }
-    let peak_files = report
-        .samples
-        .iter()
-        .map(|s| s.open_files)
-        .max()
-        .unwrap_or(0);
     let settled = super::eventually(Duration::from_secs(5), || async {
         gateway.open_files().unwrap_or(u64::MAX) <= files_before
     })
