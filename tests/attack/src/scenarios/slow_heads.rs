@@ -183,28 +183,40 @@ fn attack(
 ) {
     for i in 0..slow + silent {
         let from = client::source(i, params.sources);
-        let trickle = params.trickle;
-        let is_slow = i < slow;
-        set.spawn(async move {
-            // Timed from before the connect: the gateway's clock starts at
-            // its accept, later, and this task may run well after the
-            // connect completed when thousands start at once.
-            let started = Instant::now();
-            let mut answer = match client::connect(addr, from, Tune::default()).await {
-                Ok(tcp) if is_slow => trickled(tcp, trickle, wait).await,
-                Ok(mut tcp) => client::read_answer(&mut tcp, wait, Duration::ZERO).await,
-                Err(error) => Answer {
-                    bytes: error.to_string().into_bytes(),
-                    end: End::Open,
-                    after: Duration::ZERO,
-                },
-            };
-            answer.after = started.elapsed();
-            Attacker {
-                slow: is_slow,
-                answer,
+        let trickle = (i < slow).then_some(params.trickle);
+        set.spawn(attacker(addr, from, trickle, wait));
+    }
+}
+
+/// One attacker: trickling a head a byte every `trickle`, or silent; what
+/// came back within `wait`. Timed from before the connect: the gateway's
+/// clock starts at its accept, later, and this task may run well after the
+/// connect completed when thousands start at once.
+async fn attacker(
+    addr: SocketAddr,
+    from: IpAddr,
+    trickle: Option<Duration>,
+    wait: Duration,
+) -> Attacker {
+    let started = Instant::now();
+    let mut answer = match client::connect(addr, from, Tune::default()).await {
+        Ok(tcp) => match trickle {
+            Some(trickle) => trickled(tcp, trickle, wait).await,
+            None => {
+                let mut tcp = tcp;
+                client::read_answer(&mut tcp, wait, Duration::ZERO).await
             }
-        });
+        },
+        Err(error) => Answer {
+            bytes: error.to_string().into_bytes(),
+            end: End::Open,
+            after: Duration::ZERO,
+        },
+    };
+    answer.after = started.elapsed();
+    Attacker {
+        slow: trickle.is_some(),
+        answer,
     }
 }
 
@@ -675,21 +687,6 @@ fn attack_from(
     wait: Duration,
 ) {
     for _ in 0..count {
-        set.spawn(async move {
-            let started = Instant::now();
-            let mut answer = match client::connect(addr, from, Tune::default()).await {
-                Ok(mut tcp) => client::read_answer(&mut tcp, wait, Duration::ZERO).await,
-                Err(error) => Answer {
-                    bytes: error.to_string().into_bytes(),
-                    end: End::Open,
-                    after: Duration::ZERO,
-                },
-            };
-            answer.after = started.elapsed();
-            Attacker {
-                slow: false,
-                answer,
-            }
-        });
+        set.spawn(attacker(addr, from, None, wait));
     }
 }
