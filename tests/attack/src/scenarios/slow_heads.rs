@@ -534,6 +534,7 @@ async fn one_address(
     let gateway = &target.gateway;
     let addr = gateway.addr;
     let flooder = client::source(249, 254);
+    let files_at_start = gateway.open_files().unwrap_or(0);
     let request = StreamRequest::get("/tick", Format::Sse);
 
     // Its streams, each with its first event, held to the end.
@@ -550,12 +551,18 @@ async fn one_address(
     let streams_refused = gateway
         .metric("gateway_streams_refused_total", &[("reason", "per_client")])
         .await?;
-    // The rest of its connections, silent.
+    // The refused stream's connection gone (it counted for the client)…
+    super::eventually(Duration::from_secs(10), || async {
+        gateway.open_files().unwrap_or(u64::MAX) <= files_at_start + streams as u64
+    })
+    .await;
+    // …the rest of its connections, silent.
     let wait = params.head_timeout + params.margin + Duration::from_secs(5);
     let mut silent = JoinSet::new();
     attack_from(&mut silent, addr, flooder, connections - streams, wait);
-    super::eventually(Duration::from_secs(30), || async {
-        gateway.open_files().unwrap_or(0) >= (connections + 10) as u64
+    // Every one of them accepted, so that the next is over the limit.
+    let all_in = super::eventually(Duration::from_secs(30), || async {
+        gateway.open_files().unwrap_or(0) >= files_at_start + connections as u64
     })
     .await;
     // One more, with a request: refused.
@@ -628,7 +635,9 @@ async fn one_address(
             "{label}: connection {} of one client is answered 429 with Retry-After and closed",
             connections + 1
         ),
-        refused.status() == Some(429)
+        all_in
+            && refused.status() == Some(429)
+            && refused.contains(b"\"too_many_connections\"")
             && refused.header("retry-after").is_some()
             && refused.end != End::Open,
         format!(
