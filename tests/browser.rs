@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backends::redis::{Redis, RedisConfig};
+use backends::redis::RedisConfig;
 use backends::testing::{Mock, Step, event};
 use backends::ticker::{Ticker, TickerConfig};
 use backends::{Backend, BackendError, EventStream, RequestContext};
@@ -192,12 +192,13 @@ async fn eventsource_resumes_exactly_across_lifetime_ends_and_a_restart() {
     options.retry = Duration::from_millis(200);
     options.max_lifetime = Duration::from_millis(1000);
     let instance = |opened: &Opened| {
-        let redis = Redis::new(RedisConfig {
+        let redis = RedisConfig {
             url: REDIS.into(),
             stream: format!("{prefix}:{{room}}"),
             allow: Some(format!("{prefix}:*")),
             ..RedisConfig::default()
-        });
+        }
+        .build();
         let recording = Recording {
             inner: Arc::new(redis),
             opened: Arc::clone(opened),

@@ -68,7 +68,8 @@ impl Backend for Recorder {
             .iter()
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect();
-        let first = event("1", "body", json!({ "body": ctx.body }));
+        let body: Option<Value> = ctx.body.as_ref().map(|b| b.deserialize().expect("JSON"));
+        let first = event("1", "body", json!({ "body": body }));
         let second = event(
             "2",
             "seen",

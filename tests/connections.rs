@@ -403,3 +403,78 @@ async fn the_shutdown_grace_grows_with_the_open_streams() {
     assert_eq!(server.gateway.open_streams(), 3);
     assert_eq!(server.gateway.shutdown_grace(), Duration::from_millis(106));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
+    let firehose: backends::ticker::TickerConfig = serde_json::from_value(serde_json::json!({
+        "interval": "0s", "payload_bytes": 1000
+    }))
+    .unwrap();
+    let server = TestServer::route(
+        "/fast",
+        vec![(
+            "fast",
+            Arc::new(backends::ticker::Ticker::new(firehose)) as Arc<dyn Backend>,
+        )],
+        // Its own bounds never come into it: the stream cannot be written.
+        |route| route.max_lifetime = Duration::from_secs(2),
+        ServerConfig {
+            send_timeout: Duration::from_secs(5),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut tcp, "\r\n\r\n").await;
+    // Reads nothing more; the gateway fills the sockets, then waits.
+    let started = tokio::time::Instant::now();
+    while server.gateway.open_streams() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the stream is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = started.elapsed();
+    assert!(
+        held >= Duration::from_secs(5) && held < Duration::from_secs(7),
+        "{held:?}"
+    );
+    assert!(
+        server
+            .gateway
+            .metrics_text()
+            .contains(r#"gateway_connection_timeouts_total{phase="send"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn refusals_never_hand_a_request_value_back_in_bulk() {
+    let server = server(ServerConfig::default()).await;
+    let long = "é".repeat(1300);
+    let encoded: String = url_escape(&long);
+    for target in [
+        format!("/{encoded}"),
+        format!("/s?format={encoded}"),
+    ] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let response = raw_exchange(server.addr, request.as_bytes()).await;
+        assert!(matches!(response.status, 400 | 404), "{response:?}");
+        assert!(response.body.len() < 600, "{} bytes answered", response.body.len());
+    }
+    let response = client()
+        .get(server.url("/s"))
+        .header("last-event-id", "x".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().len() < 600);
+}
+
+fn url_escape(text: &str) -> String {
+    text.bytes().map(|b| format!("%{b:02X}")).collect()
+}

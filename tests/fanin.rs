@@ -236,3 +236,24 @@ async fn opening_is_bounded_and_fails_fast() {
         start.elapsed()
     );
 }
+
+/// A backend's error that names where its client stands (a bus's notice)
+/// carries the route's id for it: on a merged route, the cursor with that
+/// backend at its resume id, in the event and as its id.
+#[tokio::test]
+async fn an_error_naming_a_resume_id_carries_the_routes_cursor() {
+    let gate = Arc::new(Notify::new());
+    let lagged = BackendError::new(ErrorKind::Lagged, "behind").with_resume_id("7");
+    let a = Mock::new(vec![Step::Gate(Arc::clone(&gate)), Step::Fail(lagged)]);
+    let b = Mock::new(vec![Step::Event(event("x", "t", json!(1))), Step::Pending]);
+    let server = merged(&a, &b, ErrorPolicy::Continue).await;
+    let response = client().get(server.url("/m")).send().await.unwrap();
+    let mut lines = ndjson_lines(response).map(|l| serde_json::from_str::<Value>(&l).unwrap());
+    let first = within("b's event", lines.next()).await.unwrap();
+    assert_eq!(first["id"], "b=x");
+    gate.notify_one();
+    let error = within("a's notice", lines.next()).await.unwrap();
+    assert_eq!(error["event"], "gateway.error", "{error}");
+    assert_eq!(error["id"], "a=7&b=x", "{error}");
+    assert_eq!(error["data"]["resume_id"], "a=7&b=x", "{error}");
+}

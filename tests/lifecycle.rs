@@ -264,9 +264,17 @@ impl Backend for Flood {
 /// reads slower than the backend produces must still be closed on time.
 #[tokio::test(start_paused = true)]
 async fn the_lifetime_holds_against_a_backend_that_never_pauses() {
-    let server = one_route(Arc::new(Flood), |r| {
-        r.max_lifetime = Duration::from_secs(60)
-    })
+    // The client takes nothing while the clock moves a minute: a send
+    // timeout longer than that, or it would close the connection first.
+    let server = TestServer::route(
+        "/s",
+        vec![("b", Arc::new(Flood) as Arc<dyn Backend>)],
+        |r| r.max_lifetime = Duration::from_secs(60),
+        ServerConfig {
+            send_timeout: Duration::from_secs(3600),
+            ..ServerConfig::default()
+        },
+    )
     .await;
     let mut body = chunks(&server, "").await;
     // The clock moves only when told: the client keeps everything busy.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backends::Backend;
-use backends::config::HttpMethod;
+use backends::method::HttpMethod;
 use backends::testing::{Mock, Step, event};
 use gateway::config::ServerConfig;
 use gateway_tests::{TestServer, client, within_for};

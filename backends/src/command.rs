@@ -40,7 +40,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command as Process};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::Problem;
+use crate::problem::Problem;
 use crate::{Backend, BackendError, Data, ErrorKind, Event, EventStream, RequestContext};
 
 /// How lines become events.
@@ -318,13 +318,13 @@ impl Run {
                 let text = String::from_utf8_lossy(&self.line);
                 let text = text.trim_end_matches(['\n', '\r']);
                 let data = match self.config.format {
-                    LineFormat::Ndjson => match serde_json::from_str::<serde_json::Value>(text) {
-                        Ok(json) => Data::json(&json),
-                        Err(_) => Data::text(text),
-                    },
+                    LineFormat::Ndjson => {
+                        Data::parse_json(text).unwrap_or_else(|_| Data::text(text))
+                    }
                     LineFormat::Lines => Data::text(text),
                 };
                 let event = Event::new(data).with_id(self.number.to_string());
+                crate::lines::release(&mut self.line);
                 Some((Ok(event), self))
             }
             Err(e) => {

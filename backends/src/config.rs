@@ -1,6 +1,5 @@
 //! Built-in backends as they appear in a config file.
 
-use std::fmt;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -9,8 +8,9 @@ use crate::Backend;
 use crate::command::{Command, CommandConfig};
 use crate::demo::{Demo, DemoConfig};
 use crate::http::{Http, HttpConfig};
-use crate::nats::{Nats, NatsConfig};
-use crate::redis::{Redis, RedisConfig};
+use crate::nats::NatsConfig;
+use crate::problem::Problem;
+use crate::redis::RedisConfig;
 use crate::ticker::{Ticker, TickerConfig};
 
 /// One backend of a route, selected by its `type`:
@@ -30,7 +30,8 @@ pub enum BackendConfig {
     Demo(DemoConfig),
     /// An event every interval (see [`crate::ticker`]).
     Ticker(TickerConfig),
-    /// A Redis Stream, shared by every client of a key (see [`crate::redis`]).
+    /// A Redis Stream, shared by every client of a key (see [`crate::redis`]
+    /// and, for what every bus backend does, [`crate::bus`]).
     Redis(RedisConfig),
     /// A subject of a NATS JetStream stream, shared by every client of a
     /// subject (see [`crate::nats`]).
@@ -60,80 +61,11 @@ impl BackendConfig {
         match self {
             Self::Demo(c) => Arc::new(Demo::new(c.clone())),
             Self::Ticker(c) => Arc::new(Ticker::new(c.clone())),
-            Self::Redis(c) => Arc::new(Redis::new(c.clone())),
-            Self::Nats(c) => Arc::new(Nats::new(c.clone())),
+            Self::Redis(c) => Arc::new(c.build()),
+            Self::Nats(c) => Arc::new(c.build()),
             Self::Command(c) => Arc::new(Command::new(c.clone())),
             Self::Http(c) => Arc::new(Http::new(c.clone())),
         }
-    }
-}
-
-/// An HTTP method as a config names it (`"GET"`): what a route answers,
-/// what an upstream is sent.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(try_from = "String")]
-#[allow(missing_docs)]
-pub enum HttpMethod {
-    Get,
-    Post,
-    Put,
-    Patch,
-    Delete,
-}
-
-impl HttpMethod {
-    /// The method.
-    pub fn as_method(self) -> http::Method {
-        match self {
-            Self::Get => http::Method::GET,
-            Self::Post => http::Method::POST,
-            Self::Put => http::Method::PUT,
-            Self::Patch => http::Method::PATCH,
-            Self::Delete => http::Method::DELETE,
-        }
-    }
-}
-
-impl TryFrom<String> for HttpMethod {
-    type Error = String;
-    fn try_from(name: String) -> Result<Self, String> {
-        Ok(match name.as_str() {
-            "GET" => Self::Get,
-            "POST" => Self::Post,
-            "PUT" => Self::Put,
-            "PATCH" => Self::Patch,
-            "DELETE" => Self::Delete,
-            _ => {
-                return Err(format!(
-                    "unknown value {name:?}; expected one of \"GET\", \"POST\", \"PUT\", \"PATCH\", \"DELETE\""
-                ));
-            }
-        })
-    }
-}
-
-/// A problem with a config value: which key, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// The key, relative to the table that was validated (`token_pause`).
-    pub key: String,
-    /// Why the value is wrong, and what would be right.
-    pub reason: String,
-}
-
-impl Problem {
-    /// A problem with `key`.
-    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.reason)
     }
 }
 

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use http::{HeaderMap, Method};
-use serde_json::Value;
+
+use crate::JsonBody;
 
 /// The request a backend is opened for.
 ///
@@ -21,8 +22,9 @@ pub struct RequestContext {
     pub query: Vec<(String, String)>,
     /// The request headers the route passes on (`pass_headers`), nothing else.
     pub headers: HeaderMap,
-    /// The request body parsed as JSON; `None` when the request had no body.
-    pub body: Option<Value>,
+    /// The request body, checked JSON shared by every backend of the route;
+    /// `None` when the request had no body.
+    pub body: Option<JsonBody>,
     /// Where the client left off: this backend's own part of the request's
     /// `Last-Event-ID` (the gateway splits the cursor of a merged stream).
     pub last_event_id: Option<String>,

@@ -58,6 +58,12 @@ pub struct BackendError {
     pub kind: ErrorKind,
     /// What went wrong, in words a client can act on.
     pub message: String,
+    /// For a failure in the middle of a stream that tells where the client
+    /// stands (a bus's `lagged` error, a gap, an entry it cannot decode):
+    /// the backend's id that resumes exactly where the stream goes on after
+    /// it. The gateway sends it as the error event's `resume_id` (and SSE
+    /// `id`), so that a client need not read it out of the message.
+    pub resume_id: Option<String>,
 }
 
 impl BackendError {
@@ -66,7 +72,14 @@ impl BackendError {
         Self {
             kind,
             message: message.into(),
+            resume_id: None,
         }
+    }
+
+    /// The same error, naming the id the client resumes from after it.
+    pub fn with_resume_id(mut self, id: impl Into<String>) -> Self {
+        self.resume_id = Some(id.into());
+        self
     }
 
     /// A client error (400).
@@ -80,5 +93,43 @@ impl BackendError {
             ErrorKind::Finished,
             "the stream has ended; nothing follows the given Last-Event-ID",
         )
+    }
+}
+
+/// A request value quoted in an error message, cut to [`Shown::MAX_CHARS`]:
+/// an answer may say what it refused, but never hand a client's bytes back
+/// in bulk (an 8 KiB path, a 32 KiB `Last-Event-ID`).
+#[derive(Clone, Copy, Debug)]
+pub struct Shown<'a>(pub &'a str);
+
+impl Shown<'_> {
+    /// The most characters of a value shown.
+    pub const MAX_CHARS: usize = 64;
+}
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(Self::MAX_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}… ({} bytes)", &self.0[..cut], self.0.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_value_is_shown_cut_and_quoted() {
+        assert_eq!(Shown("abc").to_string(), "\"abc\"");
+        assert_eq!(Shown("a\"b\n").to_string(), "\"a\\\"b\\n\"");
+        let long = "é".repeat(5000);
+        let shown = Shown(&long).to_string();
+        assert!(
+            shown.starts_with(&format!("\"{}\"…", "é".repeat(64))),
+            "{shown}"
+        );
+        assert!(shown.ends_with("(10000 bytes)"), "{shown}");
     }
 }

@@ -19,12 +19,12 @@
 //! What it does, in order:
 //!
 //! - **Opening** sends the request (the client's method unless `method` is
-//!   set, the client's JSON body, the configured and forwarded headers, the
-//!   client's `Last-Event-ID`) and waits for the response headers, at most
-//!   `connect_timeout`. So what fails before the first byte is a real status:
-//!   no connection or an upstream 4xx/5xx is 502 (the message has the
-//!   upstream's status and the start of its body), no answer in time is 504,
-//!   an upstream 204 is 204.
+//!   set, the client's JSON body byte for byte, the configured and forwarded
+//!   headers, the client's `Last-Event-ID`) and waits for the response
+//!   headers, at most `connect_timeout`. So what fails before the first byte
+//!   is a real status: no connection or an upstream 4xx/5xx is 502 (the
+//!   message has the upstream's status and the start of its body), no
+//!   answer in time is 504, an upstream 204 is 204.
 //! - **Decoding**: the format is `format`, or with `auto` the upstream's
 //!   `Content-Type`: `text/event-stream` is SSE; `application/x-ndjson`,
 //!   `application/jsonl` and `application/json` are NDJSON; anything else is
@@ -75,11 +75,12 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Url;
 use serde::Deserialize;
-use serde_json::Value;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::config::Problem;
 use crate::env::expand as expand_env;
+use crate::json::{Key, Scalar, Shape};
+use crate::problem::Problem;
 use crate::{
     Backend, BackendError, BackendStats, Data, ErrorKind, Event, EventStream, RequestContext,
 };
@@ -120,8 +121,9 @@ pub struct HttpConfig {
     /// both `headers` and `forward_headers`. Default: none.
     #[serde(default)]
     pub forward_headers: Vec<String>,
-    /// Whether the client's JSON body is sent upstream (as
-    /// `application/json`). No body is sent with `GET`. Default: `true`.
+    /// Whether the client's JSON body is sent upstream, byte for byte as the
+    /// client sent it (as `application/json`). No body is sent with `GET`.
+    /// Default: `true`.
     #[serde(default = "default_forward_body")]
     pub forward_body: bool,
     /// Longest wait for the upstream's response headers, from connecting to
@@ -209,7 +211,7 @@ impl HttpConfig {
 }
 
 /// The method of the upstream request (the config's one method type).
-pub use crate::config::HttpMethod as UpstreamMethod;
+pub use crate::method::HttpMethod as UpstreamMethod;
 
 /// What the upstream streams.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -746,8 +748,9 @@ impl UpstreamRequest {
                         HeaderValue::from_static("application/json"),
                     );
                 }
-                // Serializing a `Value` cannot fail: its map keys are strings.
-                Some(Bytes::from(body.to_string()))
+                // The client's JSON as it came, shared, not copied: it is
+                // sent again on every reconnect.
+                Some(body.to_bytes())
             }
             _ => None,
         };
@@ -935,10 +938,15 @@ struct Reader {
     ended: bool,
 }
 
+/// Decoded items a reader keeps room for between chunks: one chunk of
+/// tiny lines (hundreds of KiB) makes as many events, and their queue must
+/// not stay that large for the rest of the stream.
+const KEEP_ITEMS: usize = 256;
+
 impl Reader {
     async fn next(&mut self) -> Option<Result<Event, BackendError>> {
         loop {
-            if let Some(item) = self.ready.pop_front() {
+            if let Some(item) = self.take_ready() {
                 return Some(item);
             }
             if self.ended {
@@ -970,13 +978,24 @@ impl Reader {
         }
     }
 
+    /// The next decoded item; the queue's room goes back once it is empty.
+    fn take_ready(&mut self) -> Option<Result<Event, BackendError>> {
+        let item = self.ready.pop_front();
+        if self.ready.is_empty() && self.ready.capacity() > KEEP_ITEMS {
+            self.ready = VecDeque::new();
+        }
+        item
+    }
+
     fn decode(&mut self, step: impl FnOnce(&mut Decoder, &mut Vec<Item>)) {
         let mut items = std::mem::take(&mut self.items);
         step(&mut self.decoder, &mut items);
         for item in items.drain(..) {
             self.apply(item);
         }
-        self.items = items;
+        if items.capacity() <= KEEP_ITEMS {
+            self.items = items;
+        }
     }
 
     fn apply(&mut self, item: Item) {
@@ -1209,8 +1228,8 @@ fn ndjson_piece(
     if line.is_empty() {
         return;
     }
-    let value: Value = match serde_json::from_slice(line) {
-        Ok(value) => value,
+    let data = match crate::json::compact(line) {
+        Ok(data) => Data::json_text(data),
         Err(e) => {
             return out.push(Item::Error(BackendError::new(
                 ErrorKind::Upstream,
@@ -1218,16 +1237,19 @@ fn ndjson_piece(
             )));
         }
     };
-    let id = id_field.and_then(|f| match value.get(f)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    });
-    let name = name_field
-        .and_then(|f| value.get(f)?.as_str())
-        .filter(|n| !n.is_empty())
-        .map(str::to_string);
-    let mut event = Event::new(Data::json(&value));
+    let (id, name) = if id_field.is_none() && name_field.is_none() {
+        (None, None)
+    } else {
+        let fields = TopLevel {
+            id_field,
+            name_field,
+        };
+        match crate::json::object(data.as_str(), fields) {
+            Ok(Shape::Object((id, name))) => (id, name.filter(|n| !n.is_empty())),
+            _ => (None, None),
+        }
+    };
+    let mut event = Event::new(data);
     if let Some(id) = &id {
         event = event.with_id(id.as_str());
     }
@@ -1235,6 +1257,50 @@ fn ndjson_piece(
         event = event.with_name(name);
     }
     out.push(Item::Event(event, id));
+}
+
+/// Reads an NDJSON line's top-level `id_field` (a string, or a number as
+/// `serde_json` writes it) and `name_field` (a string), skipping the rest:
+/// the line stays text, never a `Value` tree. As in a map, a field given
+/// twice counts as its last.
+struct TopLevel<'f> {
+    id_field: Option<&'f str>,
+    name_field: Option<&'f str>,
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_> {
+    /// The id and the name.
+    type Value = (Option<String>, Option<String>);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON line")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut id, mut name) = (None, None);
+        while let Some(Key(key)) = map.next_key()? {
+            let (is_id, is_name) = (self.id_field == Some(&*key), self.name_field == Some(&*key));
+            if !is_id && !is_name {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            let value: Scalar<'_> = map.next_value()?;
+            if is_id {
+                id = match &value {
+                    Scalar::String(s) => Some(s.to_string()),
+                    Scalar::Number(n) => Some(n.to_string()),
+                    _ => None,
+                };
+            }
+            if is_name {
+                name = match value {
+                    Scalar::String(s) => Some(s.into_owned()),
+                    _ => None,
+                };
+            }
+        }
+        Ok((id, name))
+    }
 }
 
 fn text_piece(piece: Piece<'_>, out: &mut Vec<Item>) {
@@ -1347,7 +1413,7 @@ impl Sse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn config(value: Value) -> HttpConfig {
         serde_json::from_value(value).unwrap()
@@ -1721,6 +1787,21 @@ mod tests {
         r.retry_hint = Some(Duration::from_secs(60));
         r.attempts = 1;
         assert!(r.delay() <= Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_chunk_of_many_events_does_not_keep_its_queue() {
+        let mut r = reader(HttpConfig::new("http://h/"));
+        let chunk = "data: x\n\n".repeat(10_000);
+        r.decode(|decoder, items| decoder.feed(chunk.as_bytes(), items));
+        assert_eq!(r.ready.len(), 10_000);
+        assert!(r.items.capacity() <= KEEP_ITEMS, "{}", r.items.capacity());
+        let mut taken = 0;
+        while r.take_ready().is_some() {
+            taken += 1;
+        }
+        assert_eq!(taken, 10_000);
+        assert!(r.ready.capacity() <= KEEP_ITEMS, "{}", r.ready.capacity());
     }
 
     #[tokio::test]

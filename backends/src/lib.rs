@@ -10,14 +10,27 @@
 //! - [`event`]: the [`Event`] that every backend yields, and its [`Data`].
 //! - [`context`]: the [`RequestContext`] a backend is opened with (method,
 //!   path parameters, query, selected headers, JSON body, `Last-Event-ID`).
+//! - [`body`]: [`JsonBody`], the request body: checked JSON text, held once
+//!   and shared by the route's backends, each reading what it needs.
+//! - [`json`]: JSON checked and compacted as text, without a tree (bodies,
+//!   published events and upstream lines never become a `Value`).
 //! - [`error`]: [`BackendError`] and its [`ErrorKind`], which decides the HTTP
 //!   status when a backend fails before the first byte.
 //! - [`backend`]: the [`Backend`] trait with its one method, `open`.
 //! - [`config`]: [`BackendConfig`], the closed, tagged enum of built-in
 //!   backends as they appear in a config file, with `validate` and `build`.
+//! - [`problem`]: [`Problem`](problem::Problem), what every `validate`
+//!   reports; [`method`]: the [`HttpMethod`](method::HttpMethod) configs name.
+//!   Leaves: they use nothing else of the crate.
 //! - [`stats`]: [`BackendStats`], what a backend counts about its upstream
 //!   and its slow clients, for the gateway's metrics.
-//! - One module per backend: [`demo`] (the reference stream), [`ticker`].
+//! - [`bus`]: what every bus backend shares (one reader per key, clients,
+//!   catch-up, the notices that keep loss from being silent, key templates,
+//!   limits), written once over the [`Broker`](bus::Broker) trait that
+//!   [`redis`] and [`nats`] implement.
+//! - One module per backend: [`demo`] (the reference stream), [`ticker`],
+//!   [`command`], [`http`], [`redis`], [`nats`]; [`publish`] for the routes
+//!   that append to a bus.
 //! - `testing` (feature `testing`): mock backends for the gateway's own tests.
 //!
 //! A request flows: the gateway builds a [`RequestContext`], calls
@@ -26,6 +39,8 @@
 //! streams are dropped and every backend's work stops with them.
 
 pub mod backend;
+pub mod body;
+pub mod bus;
 pub mod command;
 pub mod config;
 pub mod context;
@@ -34,8 +49,11 @@ pub mod env;
 pub mod error;
 pub mod event;
 pub mod http;
+pub mod json;
 pub mod lines;
+pub mod method;
 pub mod nats;
+pub mod problem;
 pub mod publish;
 pub mod redis;
 pub mod stats;
@@ -44,8 +62,9 @@ pub mod testing;
 pub mod ticker;
 
 pub use backend::{Backend, EventStream};
+pub use body::JsonBody;
 pub use config::BackendConfig;
 pub use context::RequestContext;
-pub use error::{BackendError, ErrorKind};
+pub use error::{BackendError, ErrorKind, Shown};
 pub use event::{Data, Event};
 pub use stats::BackendStats;

@@ -30,6 +30,19 @@ pub struct Lines {
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// The most buffer kept for the next line once a line is out: one long line
+/// (up to `max`, 1 MiB by default) must not cost its size for the rest of a
+/// stream that goes on with short ones.
+const KEEP: usize = 64 * 1024;
+
+/// Gives back a line buffer that a long line grew past [`KEEP`] (the
+/// `command` backend's too).
+pub(crate) fn release(buffer: &mut Vec<u8>) {
+    if buffer.capacity() > KEEP {
+        *buffer = Vec::new();
+    }
+}
+
 impl Lines {
     /// A splitter keeping at most `max` bytes of a line; with `cr_ends_line`
     /// a lone CR ends a line (SSE), else only LF does.
@@ -79,6 +92,7 @@ impl Lines {
             }
             if self.pending.len() + part.len() > self.max {
                 self.pending.clear();
+                release(&mut self.pending);
                 emit(Piece::TooLong(self.max));
                 continue;
             }
@@ -91,6 +105,7 @@ impl Lines {
                 emit(Piece::Line(self.clean(&line)));
                 line.clear();
                 self.pending = line;
+                release(&mut self.pending);
             }
         }
     }
@@ -114,5 +129,38 @@ impl Lines {
             return None;
         }
         Some(self.clean(&pending).to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_line_does_not_keep_its_buffer() {
+        let mut lines = Lines::new(4 << 20, false);
+        let mut got = Vec::new();
+        let long = vec![b'x'; 1 << 20];
+        // In pieces, as a network delivers it: the buffer grows to 1 MiB.
+        for piece in long.chunks(16 * 1024) {
+            lines.feed(piece, &mut |p| got.push(format!("{p:?}").len()));
+        }
+        lines.feed(b"\nshort\n", &mut |p| got.push(format!("{p:?}").len()));
+        assert_eq!(got.len(), 2);
+        assert!(
+            lines.pending.capacity() <= KEEP,
+            "{}",
+            lines.pending.capacity()
+        );
+        // Over the limit: skipped, and nothing kept either.
+        let mut lines = Lines::new(100 * 1024, false);
+        for piece in long.chunks(16 * 1024) {
+            lines.feed(piece, &mut |_| {});
+        }
+        assert!(
+            lines.pending.capacity() <= KEEP,
+            "{}",
+            lines.pending.capacity()
+        );
     }
 }

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::time::MissedTickBehavior;
 
-use crate::config::Problem;
+use crate::problem::Problem;
 use crate::{Backend, BackendError, Data, Event, EventStream, RequestContext};
 
 /// Configuration of the `ticker` backend.
@@ -91,7 +91,8 @@ impl Backend for Ticker {
             Some(last) => {
                 let last = last.trim().parse::<u64>().map_err(|_| {
                     BackendError::bad_request(format!(
-                        "Last-Event-ID {last:?} is not a ticker sequence number"
+                        "Last-Event-ID {} is not a ticker sequence number",
+                        crate::Shown(last)
                     ))
                 })?;
                 // After the largest number there is nothing more.

@@ -15,6 +15,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use backends::Shown;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 /// What a single backend's id has encoded (non-ASCII always is).
@@ -54,12 +55,18 @@ impl Cursor {
                 for (name, position) in form_urlencoded::parse(id.as_bytes()) {
                     let Some(i) = names.iter().position(|n| **n == *name) else {
                         return Err(format!(
-                            "Last-Event-ID {id:?} is not a cursor of this route: \
-                             it names no backend {name:?}"
+                            "Last-Event-ID {} is not a cursor of this route: \
+                             it names no backend {}",
+                            Shown(id),
+                            Shown(&name)
                         ));
                     };
                     if positions[i].replace(Arc::from(&*position)).is_some() {
-                        return Err(format!("Last-Event-ID {id:?} names backend {name:?} twice"));
+                        return Err(format!(
+                            "Last-Event-ID {} names backend {} twice",
+                            Shown(id),
+                            Shown(&name)
+                        ));
                     }
                 }
             }

@@ -15,6 +15,9 @@
 //!
 //! - `gateway.error`: a backend failed after the stream started:
 //!   `{"event":"gateway.error","source":"b","kind":"upstream","message":"…"}`.
+//!   When the error says where the client stands (a bus's `lagged`, a gap,
+//!   an entry it cannot decode), it adds `"resume_id"`: the id that resumes
+//!   exactly where the stream goes on after it, also the SSE event's `id`.
 //! - `gateway.close`: the gateway ends the stream before its backends did
 //!   (lifetime, idle time, shutdown, an aborting error, the client's token
 //!   expiring: `credential_expired`) or a stream would
@@ -69,14 +72,19 @@ pub const ERROR_EVENT: &str = "gateway.error";
 /// Name of the gateway's closing event.
 pub const CLOSE_EVENT: &str = "gateway.close";
 
-/// The in-band event for a backend's failure after the stream started.
-pub fn error_event(source: &Arc<str>, error: &BackendError) -> Event {
-    let data = json!({
+/// The in-band event for a backend's failure after the stream started;
+/// `resume_id` is the route's id for the error's own
+/// [`resume_id`](BackendError::resume_id), when it has one.
+pub fn error_event(source: &Arc<str>, error: &BackendError, resume_id: Option<&str>) -> Event {
+    let mut data = json!({
         "event": ERROR_EVENT,
         "source": &**source,
         "kind": error.kind.as_str(),
         "message": error.message,
     });
+    if let Some(id) = resume_id {
+        data["resume_id"] = id.into();
+    }
     Event::new(Data::json(&data))
         .with_name(ERROR_EVENT)
         .with_source(Arc::clone(source))
@@ -232,6 +240,21 @@ mod tests {
         assert_eq!(serde_json::from_str::<Value>(data).unwrap(), expected);
         let bare = encode(Format::Ndjson, true, &Event::new(Data::text("t")), None);
         assert_eq!(bare, "{\"source\":\"\",\"data\":\"t\"}\n");
+    }
+
+    #[test]
+    fn an_error_names_where_the_client_resumes_when_it_knows() {
+        let source = Arc::from("bus");
+        let lagged =
+            BackendError::new(backends::ErrorKind::Lagged, "behind").with_resume_id("1700-0");
+        let event = error_event(&source, &lagged, Some("bus=1700-0"));
+        assert_eq!(
+            event.data.to_value(),
+            json!({"event": "gateway.error", "source": "bus", "kind": "lagged",
+                   "message": "behind", "resume_id": "bus=1700-0"})
+        );
+        let plain = error_event(&source, &BackendError::bad_request("no"), None);
+        assert!(plain.data.to_value().get("resume_id").is_none());
     }
 
     #[test]

@@ -14,9 +14,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use backends::RequestContext;
 use backends::publish::Publication;
-use serde_json::Value;
+use backends::{JsonBody, RequestContext, Shown};
+use http_body_util::BodyExt;
 use tower::{Layer, ServiceExt};
 use tracing::Instrument;
 
@@ -172,7 +172,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no stream route matches {path}"),
+            format!("no stream route matches {}", Shown(path)),
         ));
     };
     let route = Arc::clone(matched.value);
@@ -189,11 +189,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
             HeaderValue::try_from(allow).unwrap_or(HeaderValue::from_static("GET")),
         ));
     }
-    let mut query: Vec<(String, String)> = parts
-        .uri
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let mut query = query_pairs(parts.uri.query())?;
     // Before anything is opened or read, HEAD included.
     let grant = route
         .auth
@@ -307,12 +303,14 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         body,
         last_event_id: None,
     };
-    let contexts: Vec<RequestContext> = (0..route.backends.len())
-        .map(|i| RequestContext {
-            last_event_id: cursor.position(i).map(str::to_string),
-            ..context.clone()
-        })
-        .collect();
+    // One context per backend, the last one this very context: the body is
+    // shared by all (a reference count), the rest copied once per backend.
+    let mut contexts: Vec<RequestContext> =
+        (1..route.backends.len()).map(|_| context.clone()).collect();
+    contexts.push(context);
+    for (i, context) in contexts.iter_mut().enumerate() {
+        context.last_event_id = cursor.position(i).map(str::to_string);
+    }
     let events = fanin::open(&route, &contexts)
         .await
         .map_err(|(backend, error)| {
@@ -356,6 +354,26 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
     ))
 }
 
+/// Most query parameters a request may have: each costs a pair of strings
+/// (about 80 bytes for `a&`, two bytes of the target).
+pub const MAX_QUERY_PAIRS: usize = 64;
+
+/// The query's parameters, percent-decoded, refused (400) past
+/// [`MAX_QUERY_PAIRS`] before more are made.
+fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs = form_urlencoded::parse(query.unwrap_or_default().as_bytes());
+    let query: Vec<(String, String)> = pairs
+        .take(MAX_QUERY_PAIRS + 1)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if query.len() > MAX_QUERY_PAIRS {
+        return Err(ApiError::bad_request(format!(
+            "the query has more than {MAX_QUERY_PAIRS} parameters"
+        )));
+    }
+    Ok(query)
+}
+
 /// Moves the client's credential from `source` into `Authorization`, where
 /// everything after reads it; an `Authorization` that did not come from
 /// `source` (OAC's signature, say) is dropped, never passed on.
@@ -382,12 +400,13 @@ fn decoded_params(params: &matchit::Params<'_, '_>) -> BTreeMap<String, String> 
         .collect()
 }
 
-/// The request body as JSON, within the gateway's size and time bounds.
+/// The request body as checked JSON, within the gateway's size and time
+/// bounds.
 async fn read_body(
     gateway: &Gateway,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Option<Value>, ApiError> {
+) -> Result<Option<JsonBody>, ApiError> {
     let limit = gateway.config.max_body_bytes;
     let timeout = gateway.config.body_timeout;
     tokio::time::timeout(timeout, read_json_body(headers, body, limit))
@@ -433,7 +452,7 @@ async fn publish(
         .ok_or_else(|| {
             ApiError::bad_request(r#"the body is the event: {"data": …, "event": "name"}"#)
         })?;
-    let publication = Publication::from_json(body).map_err(ApiError::bad_request)?;
+    let publication = Publication::from_json(&body).map_err(ApiError::bad_request)?;
     let context = RequestContext {
         method: parts.method.clone(),
         path: parts.uri.path().to_string(),
@@ -478,7 +497,8 @@ fn negotiate_format(
             offered
         }),
         Refusal::UnknownFormat(f) => ApiError::bad_request(format!(
-            "format={f:?} is unknown; use format=sse or format=ndjson"
+            "format={} is unknown; use format=sse or format=ndjson",
+            Shown(&f)
         )),
     })
 }
@@ -488,14 +508,18 @@ fn unavailable(message: impl Into<String>) -> ApiError {
         .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
-/// Reads the body up to `limit` bytes and parses it as JSON; an empty body
-/// is `None`. The `Content-Type` is not required to say JSON, so that
+/// Reads the body up to `limit` bytes and checks that it is JSON; an empty
+/// body is `None`. The `Content-Type` is not required to say JSON, so that
 /// `curl -d '{"text":"hi"}'` works as it reads.
+///
+/// The body is kept as the text it is (see [`JsonBody`]), never as a
+/// `Value` tree, which would cost up to 36 times its size. Each chunk is
+/// dropped once copied into one buffer, which ends at the body's size.
 async fn read_json_body(
     headers: &HeaderMap,
-    body: Body,
+    mut body: Body,
     limit: usize,
-) -> Result<Option<Value>, ApiError> {
+) -> Result<Option<JsonBody>, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -510,32 +534,32 @@ async fn read_json_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes,
-        Err(e) if is_length_limit(&e) => return Err(too_large()),
-        Err(e) => {
-            return Err(ApiError::bad_request(format!(
-                "could not read the request body: {e}"
-            )));
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        let needed = bytes.len() + chunk.len();
+        if needed > limit {
+            return Err(too_large());
         }
-    };
+        if needed > bytes.capacity() {
+            // Doubling as bytes arrive (a declared length costs nothing
+            // until it is sent), up to the declared length exactly.
+            let declared = declared.map_or(limit, |n| n as usize).max(needed);
+            let grown = needed.max(2 * bytes.capacity()).min(declared);
+            bytes.reserve_exact(grown - bytes.len());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(&bytes)
+    JsonBody::new(bytes)
         .map(Some)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
-}
-
-fn is_length_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 fn stream_response(
@@ -595,6 +619,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn queries_are_decoded_and_bounded_in_parameters() {
+        assert_eq!(query_pairs(None).unwrap(), []);
+        assert_eq!(
+            query_pairs(Some("a=1&b=x%20y")).unwrap(),
+            [("a".into(), "1".into()), ("b".into(), "x y".into())]
+        );
+        let most = vec!["a"; MAX_QUERY_PAIRS].join("&");
+        assert_eq!(query_pairs(Some(&most)).unwrap().len(), MAX_QUERY_PAIRS);
+        let over = vec!["a"; 4000].join("&");
+        let error = query_pairs(Some(&over)).unwrap_err();
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
     fn the_credential_moves_back_and_the_signature_is_dropped() {
         let source = HeaderName::from_static("x-client-authorization");
         let mut map = headers(&[
@@ -612,5 +650,39 @@ pub(crate) mod tests {
         let mut map = headers(&[("authorization", "AWS4-HMAC-SHA256 Credential=…")]);
         restore_authorization(&mut map, &source);
         assert!(map.is_empty(), "{map:?}");
+    }
+
+    /// A body sent in chunks without a declared length.
+    fn chunked(parts: &[&[u8]]) -> Body {
+        let chunks: Vec<_> = parts
+            .iter()
+            .map(|p| Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(p)))
+            .collect();
+        Body::from_stream(futures::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_up_to_its_limit_and_kept_as_the_text_it_is() {
+        let none = HeaderMap::new();
+        let body = read_json_body(&none, chunked(&[b"{\"text\":", b" \"hi\"}"]), 14)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(body.as_str(), r#"{"text": "hi"}"#);
+        let over = read_json_body(&none, chunked(&[b"{\"text\":", b" \"hi\"} "]), 14).await;
+        assert_eq!(over.err().unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            read_json_body(&none, chunked(&[b" \n"]), 14)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // As strict as parsing into a Value was: nesting past 128 is refused.
+        let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+        let refused = read_json_body(&none, chunked(&[deep.as_bytes()]), 1024)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     }
 }

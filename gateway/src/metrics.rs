@@ -26,7 +26,7 @@
 //! | `gateway_backend_errors_total` | counter | route, backend, phase (`open`, `stream`), kind |
 //! | `gateway_streams_refused_total` | counter | route, reason (`full`, `per_client`, `shutting_down`) |
 //! | `gateway_connections_refused_total` | counter | reason (`max_connections`, `per_client`), outcome (`answered`, `closed`) |
-//! | `gateway_connection_timeouts_total` | counter | phase (`head`, `idle`) |
+//! | `gateway_connection_timeouts_total` | counter | phase (`head`, `idle`, `send`) |
 //! | `gateway_responses_total` | counter | class (`2xx` … `5xx`) |
 //! | `gateway_stream_duration_seconds` | histogram | route |
 //! | `gateway_time_to_first_event_seconds` | histogram | route |
@@ -202,7 +202,7 @@ impl Metrics {
         let timeouts = Family::default();
         registry.register(
             "gateway_connection_timeouts",
-            "Connections closed because a request head did not arrive within server.head_timeout (408), or they stayed idle past server.keep_alive_timeout",
+            "Connections closed because a request head did not arrive within server.head_timeout (408), they stayed idle past server.keep_alive_timeout, or their client took nothing for server.send_timeout",
             timeouts.clone(),
         );
         let responses = Family::default();
@@ -344,7 +344,8 @@ impl Metrics {
             .inc();
     }
 
-    /// A connection was closed when its `phase` (`head`, `idle`) ran out.
+    /// A connection was closed when its `phase` (`head`, `idle`, `send`)
+    /// ran out.
     pub fn connection_timed_out(&self, phase: &'static str) {
         self.timeouts.get_or_create(&TimeoutLabels { phase }).inc();
     }

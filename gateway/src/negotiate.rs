@@ -114,12 +114,9 @@ pub fn negotiate<'a>(
             _ => Err(Refusal::UnknownFormat(param.to_string())),
         };
     }
-    let ranges: Vec<Range<'_>> = accept
-        .into_iter()
-        .flat_map(|value| split_unquoted(value, ','))
-        .filter_map(Range::parse)
-        .collect();
-    if ranges.is_empty() {
+    let values: Vec<&str> = accept.into_iter().collect();
+    let ranges = Ranges(&values);
+    if ranges.iter().next().is_none() {
         return Ok(Format::Ndjson.into());
     }
     // Each acceptable media type of a format, best first, with its
@@ -128,7 +125,7 @@ pub fn negotiate<'a>(
         let mut types: Vec<_> = format
             .media_types()
             .iter()
-            .filter_map(|&(ty, sub)| Some((best_match(&ranges, ty, sub)?, ty, sub)))
+            .filter_map(|&(ty, sub)| Some((best_match(ranges, ty, sub)?, ty, sub)))
             .filter(|(score, _, _)| score.0 > 0.0)
             .collect();
         types.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
@@ -149,7 +146,7 @@ pub fn negotiate<'a>(
     // alias it likes best.
     let refused = |media_type: &str| {
         let (ty, sub) = media_type.split_once('/').unwrap_or((media_type, ""));
-        best_match(&ranges, ty, sub).is_some_and(|(q, _, _)| q == 0.0)
+        best_match(ranges, ty, sub).is_some_and(|(q, _, _)| q == 0.0)
     };
     let content_type = match ndjson.first() {
         Some((_, ty, sub)) if format == Format::Ndjson && refused(own) => OFFERED
@@ -172,19 +169,16 @@ pub fn negotiate<'a>(
 /// `*/*` and `text/*`: `curl`, `fetch` and `EventSource` get streams as
 /// before. `?format=` is not looked at here: it always asks for a stream.
 pub fn prefers_page<'a>(accept: impl IntoIterator<Item = &'a str>) -> bool {
-    let ranges: Vec<Range<'_>> = accept
-        .into_iter()
-        .flat_map(|value| split_unquoted(value, ','))
-        .filter_map(Range::parse)
-        .collect();
-    let Some((q, specificity, _)) = best_match(&ranges, "text", "html") else {
+    let values: Vec<&str> = accept.into_iter().collect();
+    let ranges = Ranges(&values);
+    let Some((q, specificity, _)) = best_match(ranges, "text", "html") else {
         return false;
     };
     q > 0.0
         && [Format::Ndjson, Format::Sse]
             .iter()
             .flat_map(|format| format.media_types())
-            .filter_map(|&(ty, sub)| best_match(&ranges, ty, sub))
+            .filter_map(|&(ty, sub)| best_match(ranges, ty, sub))
             .filter(|(stream_q, _, _)| *stream_q > 0.0)
             .all(|(stream_q, stream_specificity, _)| {
                 (q, specificity) > (stream_q, stream_specificity)
@@ -201,6 +195,21 @@ enum Params {
     Utf8,
     /// Anything else: it describes a variant we never send.
     Other,
+}
+
+/// The media ranges of `Accept` values, parsed again on each look rather
+/// than kept: a range is 40 bytes and may be written in 4 (`a/b,`), so a
+/// long header would cost ten times its size; a look costs a pass over it.
+#[derive(Clone, Copy)]
+struct Ranges<'a>(&'a [&'a str]);
+
+impl<'a> Ranges<'a> {
+    fn iter(self) -> impl Iterator<Item = Range<'a>> {
+        self.0
+            .iter()
+            .flat_map(|value| split_unquoted(value, ','))
+            .filter_map(Range::parse)
+    }
 }
 
 /// One media range of an `Accept` header.
@@ -270,7 +279,7 @@ impl<'a> Range<'a> {
 /// comparable (weight, specificity, earlier-is-better) triple. Among equally
 /// specific ranges the heaviest counts (a client that lists a type twice
 /// accepts it at its best).
-fn best_match(ranges: &[Range<'_>], ty: &str, subtype: &str) -> Option<(f32, u8, i64)> {
+fn best_match(ranges: Ranges<'_>, ty: &str, subtype: &str) -> Option<(f32, u8, i64)> {
     ranges
         .iter()
         .enumerate()
@@ -334,6 +343,23 @@ mod tests {
 
     fn pick(accept: &str) -> Result<Format, Refusal> {
         negotiate(None, [accept]).map(|n| n.format)
+    }
+
+    #[test]
+    fn a_long_accept_is_read_in_passes_with_the_same_answer() {
+        // 400 KB of ranges, the most a header can hold: passes over the
+        // text, no list of 100,000 ranges.
+        let long = format!(
+            "{}text/event-stream;q=0.9, */*;q=0.1",
+            "x/y,".repeat(100_000)
+        );
+        assert_eq!(
+            negotiate(None, [long.as_str()]).map(|n| n.format),
+            Ok(Format::Sse)
+        );
+        assert!(!prefers_page([long.as_str()]));
+        let page = format!("{}text/html", "x/y;q=0.5,".repeat(40_000));
+        assert!(prefers_page([page.as_str()]));
     }
 
     #[test]

@@ -189,7 +189,15 @@ impl Session {
                     self.errors += 1;
                     self.last_error = Some((Arc::clone(source), error.kind));
                     tracing::warn!(route = %self.route.name, backend = %source, %error, "Backend failed mid-stream");
-                    self.encoder.event(buf, &error_event(source, &error), None);
+                    // Where the client stands after it (a bus's notice): the
+                    // route's id for it, in the event and as its SSE id.
+                    let resume = error
+                        .resume_id
+                        .as_deref()
+                        .filter(|id| !id.is_empty())
+                        .map(|id| self.cursor.advance(index, &Arc::from(id)));
+                    let event = error_event(source, &error, resume.as_deref());
+                    self.encoder.event(buf, &event, resume.as_deref());
                     if self.route.on_error == ErrorPolicy::Abort {
                         self.close(buf, CloseReason::Error);
                         return;

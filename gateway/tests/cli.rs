@@ -1141,3 +1141,117 @@ payload_bytes = 65536
     // The client held its end open all along.
     drop(response);
 }
+
+/// Issue 10: at shutdown every stream logs its end, and a reader of stderr
+/// that falls behind (a pipe to a log shipper) must not hold the streams'
+/// final events back. Before the log lines had a thread of their own, the
+/// runtime's workers blocked writing them to the full pipe, and most
+/// streams were cut at the grace without their `gateway.close`.
+#[test]
+fn sigterm_closes_every_stream_while_stderr_is_not_read() {
+    const STREAMS: usize = 600;
+    let dir = TempDir::new().expect("temp dir");
+    let path = write_file(
+        &dir,
+        "gateway.toml",
+        r#"
+[server]
+port = 0
+max_streams_per_client = 0
+[routes.quiet]
+path = "/quiet"
+[routes.quiet.backends.once]
+type = "ticker"
+interval = "1h"
+"#,
+    );
+    let mut child = gateway()
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the gateway binary");
+    // The port from the first lines; after that stderr is not read until
+    // the process has exited, so its pipe fills up.
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+    let port = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).expect("stderr") > 0,
+            "no Listening line"
+        );
+        if let Some(at) = line.find("Listening on http://127.0.0.1:") {
+            let rest = &line[at + "Listening on http://127.0.0.1:".len()..];
+            break rest[..rest.find('/').expect("a slash")]
+                .parse::<u16>()
+                .expect("a port");
+        }
+    };
+    let mut streams: Vec<TcpStream> = (0..STREAMS)
+        .map(|_| {
+            let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            tcp.write_all(b"GET /quiet HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n")
+                .expect("request");
+            tcp
+        })
+        .collect();
+    // Every stream has its first event before the signal.
+    for tcp in &mut streams {
+        tcp.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("event: tick") {
+            let n = tcp.read(&mut buf).expect("the first event");
+            assert!(n > 0, "closed before its first event");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+    let signalled = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // One deadline for them all: a gateway that holds the closes back
+    // fails the test in seconds, not once per stream.
+    let deadline = signalled + IO_TIMEOUT;
+    let mut closed = 0;
+    for tcp in &mut streams {
+        let left = deadline.saturating_duration_since(Instant::now());
+        tcp.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest);
+        if String::from_utf8_lossy(&rest).contains("event: gateway.close") {
+            closed += 1;
+        }
+    }
+    let all_read = signalled.elapsed();
+    // The process may wait for its log thread (at most a second) while
+    // stderr is full; then it exits.
+    let exited = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if signalled.elapsed() > PROCESS_TIMEOUT {
+            let _ = child.kill();
+            panic!("the gateway did not exit after SIGTERM while its stderr was full");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let exit_time = signalled.elapsed();
+    let mut log = String::new();
+    let _ = stderr.read_to_string(&mut log);
+    eprintln!(
+        "{closed}/{STREAMS} closes read {all_read:?} after SIGTERM; exited after {exit_time:?}"
+    );
+    assert_eq!(closed, STREAMS, "streams without their gateway.close");
+    assert!(exited.success(), "{exited}");
+    assert!(
+        exit_time < Duration::from_secs(5),
+        "exited after {exit_time:?}"
+    );
+}

@@ -6,12 +6,16 @@
 
 #![cfg(unix)]
 
-use std::process::Stdio;
+#[path = "support/listening.rs"]
+mod listening;
+
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::process::{Child, Command};
+
+use listening::listening;
 
 const BOUND: Duration = Duration::from_secs(20);
 const TOKEN: &str = "instances-test-token-0123456789";
@@ -34,35 +38,14 @@ impl Instance {
             env!("CARGO_MANIFEST_DIR"),
             "/../config/examples/redis-rooms.toml"
         );
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        command
             .args(["--config", config])
             .env("GATEWAY__SERVER__PORT", "0")
             .env("GATEWAY__SERVER__LOG_FORMAT", "json")
             .env("PUBLISH_TOKEN", TOKEN)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the gateway");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let address = within("the gateway listens", async {
-            use tokio::io::AsyncBufReadExt;
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(log) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if let Some(address) = log["fields"]["address"].as_str() {
-                    // Keep reading, so that later logs never meet a closed pipe.
-                    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-                    return address.to_string();
-                }
-            }
-            panic!("the gateway exited before listening");
-        })
-        .await;
+            .env("RUST_LOG", "info");
+        let (child, address) = within("the gateway listens", listening(command)).await;
         Self {
             _child: child,
             base: format!("http://{address}"),

@@ -102,6 +102,13 @@ pub struct ServerConfig {
     /// Default: `65s`.
     #[serde(with = "humantime_serde")]
     pub keep_alive_timeout: Duration,
+    /// Longest time an answer may wait for the client to take any of it (a
+    /// client that stopped reading: its socket is full). The connection is
+    /// then closed: a stream's own lifetime and idle time only count while
+    /// it can be written, so without this a client that never reads would
+    /// hold its stream for as long as it kept the socket. Default: `60s`.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
     /// Most connections open at once, whatever they are doing. One more is
     /// answered `503` with `Retry-After` and closed (past 1024 more, closed
     /// at once): the process keeps file descriptors to accept with. Default:
@@ -166,6 +173,7 @@ impl Default for ServerConfig {
             head_timeout: Duration::from_secs(10),
             max_head_bytes: 32 * 1024,
             keep_alive_timeout: Duration::from_secs(65),
+            send_timeout: Duration::from_secs(60),
             max_connections: 12_000,
             max_connections_per_client: 1000,
             max_streams_per_client: 500,
@@ -424,7 +432,7 @@ impl RouteConfig {
 }
 
 /// A method a route answers (the config's one method type).
-pub use backends::config::HttpMethod as RouteMethod;
+pub use backends::method::HttpMethod as RouteMethod;
 
 /// What a backend's mid-stream failure does to the route's stream.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -571,6 +579,7 @@ impl GatewayConfig {
         for (key, timeout) in [
             ("server.head_timeout", self.server.head_timeout),
             ("server.keep_alive_timeout", self.server.keep_alive_timeout),
+            ("server.send_timeout", self.server.send_timeout),
         ] {
             if timeout.is_zero() || timeout > Duration::from_secs(3600) {
                 push(key, "must be more than 0s and at most 1h");

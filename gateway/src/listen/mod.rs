@@ -18,6 +18,8 @@
 //!   see [`phase`]), at most `max_head_bytes` (else hyper's 431), and
 //!   well-formed as HTTP/1.1 asks ([`strict`]);
 //! - between requests: `keep_alive_timeout`, then closed;
+//! - writing: a client that takes nothing for `send_timeout` is closed,
+//!   whatever its stream's own bounds (see [`phase`]);
 //! - the body and the stream have their own bounds (`body_timeout`, a
 //!   route's lifetime and idle time).
 
@@ -76,6 +78,7 @@ impl Shared {
         let phases = PhaseLimits {
             head: gateway.config.head_timeout,
             idle: gateway.config.keep_alive_timeout,
+            send: gateway.config.send_timeout,
         };
         Self {
             gateway,
@@ -260,6 +263,7 @@ where
     };
     let mut conn = http1::Builder::new()
         .max_header_size(shared.gateway.config.max_head_bytes)
+        .max_buf_size((shared.gateway.config.max_head_bytes + 8192).max(64 * 1024))
         .keep_alive(refusal.is_none())
         .serve_connection(TokioIo::new(Watched::new(io, Arc::clone(&state))), service);
     match until_done(Pin::new(&mut conn), &state, shared).await {

@@ -10,6 +10,13 @@
 //! - **idle**: between requests of a kept-alive connection, closed after
 //!   `keep_alive_timeout`.
 //!
+//! Whatever the phase, a connection whose answer cannot be written (the
+//! client stopped reading: its socket is full) is closed after
+//! `send_timeout` without progress. hyper stops asking a response body for
+//! more while it cannot write, so a stream's own lifetime and idle time
+//! would never be looked at again, and the stream would hold its slot for
+//! as long as the client held the socket.
+//!
 //! The phase changes where hyper does its work: a byte read while idle
 //! starts a head ([`Watched`], the socket wrapper), a request handed to the
 //! service makes the connection busy and its response's end makes it idle
@@ -44,6 +51,8 @@ pub(crate) enum Expired {
     Head,
     /// The connection stayed idle too long.
     Idle,
+    /// Nothing could be written for too long.
+    Send,
 }
 
 impl Expired {
@@ -52,6 +61,7 @@ impl Expired {
         match self {
             Self::Head => "head",
             Self::Idle => "idle",
+            Self::Send => "send",
         }
     }
 }
@@ -61,12 +71,15 @@ impl Expired {
 pub(crate) struct PhaseLimits {
     pub head: Duration,
     pub idle: Duration,
+    pub send: Duration,
 }
 
 /// What a connection's socket, service and task share.
 #[derive(Debug)]
 pub(crate) struct ConnState {
     phase: Mutex<Phase>,
+    /// Since when a write has been waiting for the socket, if one is.
+    blocked: Mutex<Option<Instant>>,
     /// Bytes read start a head only on HTTP/1 (HTTP/2 reads pings and
     /// window updates between requests).
     heads_from_bytes: bool,
@@ -79,6 +92,7 @@ impl ConnState {
     pub(crate) fn new(since: Instant, http1: bool) -> Arc<Self> {
         Arc::new(Self {
             phase: Mutex::new(Phase::Head { since }),
+            blocked: Mutex::new(None),
             heads_from_bytes: http1,
             smuggling: AtomicBool::new(false),
         })
@@ -88,13 +102,25 @@ impl ConnState {
         self.phase.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// When the current phase ends, and what it is then; `None` while busy.
+    /// When the connection is to be closed, and why: its phase's end, or
+    /// a write's (whichever is first); `None` while busy and writing.
     pub(crate) fn deadline(&self, limits: PhaseLimits) -> Option<(Instant, Expired)> {
-        match *self.phase() {
+        let phase = match *self.phase() {
             Phase::Head { since } => Some((since + limits.head, Expired::Head)),
             Phase::Idle { since } => Some((since + limits.idle, Expired::Idle)),
             Phase::Busy { .. } => None,
+        };
+        let blocked = *self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
+        let send = blocked.map(|since| (since + limits.send, Expired::Send));
+        match (phase, send) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
         }
+    }
+
+    /// A write waits for the socket (`true`), or went through (`false`).
+    fn write_blocked(&self, blocked: bool) {
+        *self.blocked.lock().unwrap_or_else(PoisonError::into_inner) = blocked.then(Instant::now);
     }
 
     /// Whether a head of this connection carried both framing headers:
@@ -158,12 +184,30 @@ pub(crate) struct Watched<T> {
     state: Arc<ConnState>,
     /// HTTP/1 only: HTTP/2 frames its messages itself.
     framing: Option<FramingWatch>,
+    /// A write is waiting for the socket (told to the state when it
+    /// changes, not on every write).
+    blocked: bool,
 }
 
 impl<T> Watched<T> {
     pub(crate) fn new(io: T, state: Arc<ConnState>) -> Self {
         let framing = state.heads_from_bytes.then(FramingWatch::default);
-        Self { io, state, framing }
+        Self {
+            io,
+            state,
+            framing,
+            blocked: false,
+        }
+    }
+
+    /// Tells the state when a write starts or stops waiting.
+    fn wrote<R>(&mut self, result: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        let blocked = result.is_pending();
+        if blocked != self.blocked {
+            self.blocked = blocked;
+            self.state.write_blocked(blocked);
+        }
+        result
     }
 }
 
@@ -195,7 +239,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(result)
     }
 
     fn poll_write_vectored(
@@ -203,7 +248,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -211,7 +257,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let result = Pin::new(&mut self.io).poll_flush(cx);
+        self.wrote(result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -234,6 +281,7 @@ mod tests {
     const LIMITS: PhaseLimits = PhaseLimits {
         head: Duration::from_secs(10),
         idle: Duration::from_secs(65),
+        send: Duration::from_secs(60),
     };
 
     #[tokio::test(start_paused = true)]
@@ -282,6 +330,30 @@ mod tests {
             Some((head_from + LIMITS.head, Expired::Head))
         );
         assert!(!state.smuggling());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_waits_for_the_socket_has_its_own_deadline() {
+        use tokio::io::AsyncWriteExt;
+        let state = ConnState::new(Instant::now(), true);
+        let _request = state.busy();
+        let (mut client, server) = tokio::io::duplex(16);
+        let mut watched = Watched::new(server, Arc::clone(&state));
+        watched.write_all(&[0; 16]).await.unwrap();
+        assert_eq!(state.deadline(LIMITS), None, "busy, and writing");
+        // The client reads nothing: the next write waits.
+        let blocked_at = Instant::now();
+        let write = tokio::time::timeout(Duration::from_secs(1), watched.write_all(&[0; 8])).await;
+        assert!(write.is_err());
+        assert_eq!(
+            state.deadline(LIMITS),
+            Some((blocked_at + LIMITS.send, Expired::Send))
+        );
+        // It reads: the write goes through, and the deadline is gone.
+        let mut buf = [0u8; 16];
+        client.read_exact(&mut buf).await.unwrap();
+        watched.write_all(&[0; 8]).await.unwrap();
+        assert_eq!(state.deadline(LIMITS), None);
     }
 
     #[tokio::test(start_paused = true)]

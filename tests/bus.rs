@@ -1,0 +1,5 @@
+//! The bus conformance suite (`gateway_tests::bus::suite`) on every bus
+//! backend: one line per engine. A new broker's engine goes here too.
+
+gateway_tests::conformance!(redis, gateway_tests::bus::redis::RedisEngine);
+gateway_tests::conformance!(nats, gateway_tests::bus::nats::NatsEngine);

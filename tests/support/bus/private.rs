@@ -1,0 +1,73 @@
+//! A broker of one test: a server process on a free port with a data
+//! directory of its own, killed (no goodbye to its clients) and started
+//! again on the same port by `restart`, killed when dropped.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::{RESTART_BOUND, free_port};
+use crate::within_for;
+
+/// A private server process.
+#[derive(Debug)]
+pub struct Private {
+    /// Where it listens.
+    pub port: u16,
+    /// Whether it keeps its data across restarts (else its directory is
+    /// new after each).
+    pub persistent: bool,
+    // Dropped first: the server is killed before its data is removed.
+    child: Option<tokio::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Private {
+    /// A server not started yet.
+    pub fn new(persistent: bool) -> Self {
+        Self {
+            port: free_port(),
+            persistent,
+            child: None,
+            dir: tempfile::tempdir().expect("a data directory"),
+        }
+    }
+
+    /// Where it keeps its data.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Starts `program` with `args` and waits until `ready` says it answers.
+    pub async fn start<F: Future<Output = bool>>(
+        &mut self,
+        program: &str,
+        args: &[std::ffi::OsString],
+        ready: impl Fn() -> F,
+    ) {
+        let child = tokio::process::Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} is installed (.ci/run installs it): {e}"));
+        self.child = Some(child);
+        within_for(RESTART_BOUND, "the private server starts", async {
+            while !ready().await {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Kills the server; a server without persistence gets a new, empty
+    /// data directory.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+        if !self.persistent {
+            self.dir = tempfile::tempdir().expect("a data directory");
+        }
+    }
+}
