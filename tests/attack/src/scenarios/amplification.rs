@@ -47,7 +47,7 @@ struct Params {
 impl Params {
     fn at(scale: Scale, limit: Option<u64>) -> Self {
         let (requests, hold) = match scale {
-            Scale::Small => (2, Duration::from_secs(2)),
+            Scale::Small => (4, Duration::from_secs(2)),
             Scale::Full => (16, Duration::from_secs(8)),
         };
         Self {
