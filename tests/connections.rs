@@ -456,14 +456,15 @@ async fn refusals_never_hand_a_request_value_back_in_bulk() {
     let server = server(ServerConfig::default()).await;
     let long = "é".repeat(1300);
     let encoded: String = url_escape(&long);
-    for target in [
-        format!("/{encoded}"),
-        format!("/s?format={encoded}"),
-    ] {
+    for target in [format!("/{encoded}"), format!("/s?format={encoded}")] {
         let request = format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         let response = raw_exchange(server.addr, request.as_bytes()).await;
         assert!(matches!(response.status, 400 | 404), "{response:?}");
-        assert!(response.body.len() < 600, "{} bytes answered", response.body.len());
+        assert!(
+            response.body.len() < 600,
+            "{} bytes answered",
+            response.body.len()
+        );
     }
     let response = client()
         .get(server.url("/s"))
