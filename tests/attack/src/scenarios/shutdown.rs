@@ -98,8 +98,8 @@ struct Params {
     /// by tracing-appender's guard) and the process's teardown. Measured
     /// at full scale on the 2-core machine: streams that are read, within
     /// the bound or up to 0.25 s past it under load; 10,000 streams that are
-    /// not read, 0.7 s past it (their connections hold 4.3 GB, freed after
-    /// the grace). A debug build on a loaded CI machine gets more.
+    /// not read, 0.38 s past it (their 10,000 sockets and 0.87 GB dropped
+    /// after the grace). A debug build on a loaded CI machine gets more.
     #[serde(with = "humantime_serde")]
     slack: Duration,
 }
