@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
-use super::{Target, mib, ms, streams_released};
+use super::{Target, finish_into, mib, ms, streams_released};
 use crate::client::{self, Tune};
 use crate::error::Error;
 use crate::gateway::Config;
@@ -147,11 +147,7 @@ async fn one(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut clients = Vec::new();
-    while let Some(done) = set.join_next().await {
-        if let Ok(client) = done {
-            clients.push(client);
-        }
-    }
+    finish_into(&mut set, &mut clients).await;
     let released = streams_released(gateway, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = probe::sample(gateway.pid, origin);

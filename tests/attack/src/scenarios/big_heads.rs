@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::{Target, eventually, first_event, mib, ms};
+use super::{Target, eventually, finish_into, first_event, mib, ms};
 use crate::client::{self, End, Tune};
 use crate::error::Error;
 use crate::gateway::Config;
@@ -162,11 +162,7 @@ pub(super) async fn run(options: &Options, report: &mut Report) -> Result<(), Er
     let held = probe::sample(gateway.pid, report.origin());
     let _ = go.send(true);
     let mut outcomes = Vec::new();
-    while let Some(outcome) = set.join_next().await {
-        if let Ok(outcome) = outcome {
-            outcomes.push(outcome);
-        }
-    }
+    finish_into(&mut set, &mut outcomes).await;
     let after = probe::sample(gateway.pid, report.origin());
     let settled = eventually(Duration::from_secs(5), || async {
         gateway.open_files().unwrap_or(u64::MAX) <= base.open_files

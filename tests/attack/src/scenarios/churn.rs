@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Target, eventually, mib, streams_released};
+use super::{Target, eventually, finish_into, mib, streams_released};
 use crate::client::{self, Format, Stream, StreamRequest, Tune};
 use crate::error::Error;
 use crate::gateway::{Config, Gateway};
@@ -357,11 +357,7 @@ async fn cycles(
         });
     }
     let mut outcomes = Vec::with_capacity(count);
-    while let Some(done) = set.join_next().await {
-        if let Ok(outcome) = done {
-            outcomes.push(outcome);
-        }
-    }
+    finish_into(&mut set, &mut outcomes).await;
     outcomes
 }
 

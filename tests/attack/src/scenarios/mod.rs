@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::gateway::{Config, Gateway};
 use crate::probe::Sampler;
 use crate::{Options, Report, Scenario};
+use tokio::task::JoinSet;
 
 pub(crate) async fn run(
     scenario: Scenario,
@@ -146,6 +147,17 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Moves each task's output into `into` as the task finishes, until all
+/// have; a task that panicked is left out (the counts checked against what
+/// was started show it). Stopped early, it keeps what came so far.
+async fn finish_into<T: 'static>(set: &mut JoinSet<T>, into: &mut Vec<T>) {
+    while let Some(done) = set.join_next().await {
+        if let Ok(value) = done {
+            into.push(value);
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::{Target, eventually, ms};
+use super::{Target, eventually, finish_into, ms};
 use crate::client::{self, Format, Stream, StreamRequest, Tune};
 use crate::error::Error;
 use crate::gateway::Config;
@@ -295,11 +295,7 @@ async fn one(
     // ended a few seconds later is counted as such.
     let mut readings = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(result) = readers.join_next().await {
-            if let Ok(reading) = result {
-                readings.push(reading);
-            }
-        }
+        finish_into(&mut readers, &mut readings).await;
     })
     .await;
     let not_ended = readers.len();

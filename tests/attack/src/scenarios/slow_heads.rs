@@ -32,7 +32,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
-use super::{Target, first_event, ms};
+use super::{Target, finish_into, first_event, ms};
 use crate::client::{self, Answer, End, Format, Stream, StreamRequest, Tune};
 use crate::error::Error;
 use crate::gateway::Config;
@@ -294,11 +294,7 @@ async fn normal_limits(
             }
         };
         let joined = async {
-            while let Some(attacker) = set.join_next().await {
-                if let Ok(attacker) = attacker {
-                    attackers.push(attacker);
-                }
-            }
+            finish_into(&mut set, &mut attackers).await;
         };
         tokio::select! {
             () = joined => {}
@@ -474,11 +470,7 @@ async fn low_open_files(
     )
     .await;
     let mut attackers = Vec::new();
-    while let Some(attacker) = set.join_next().await {
-        if let Ok(attacker) = attacker {
-            attackers.push(attacker);
-        }
-    }
+    finish_into(&mut set, &mut attackers).await;
     let healthy = client::get(gateway.addr, "/healthz").await.map(|(s, _)| s);
     let accept_failures = gateway
         .log_text()
@@ -590,17 +582,9 @@ async fn one_address(
     )
     .await;
     let mut flooded = Vec::new();
-    while let Some(done) = flood.join_next().await {
-        if let Ok(attacker) = done {
-            flooded.push(attacker);
-        }
-    }
+    finish_into(&mut flood, &mut flooded).await;
     let mut quiet = Vec::new();
-    while let Some(done) = silent.join_next().await {
-        if let Ok(attacker) = done {
-            quiet.push(attacker);
-        }
-    }
+    finish_into(&mut silent, &mut quiet).await;
     let answered = gateway
         .metric(
             "gateway_connections_refused_total",
