@@ -131,6 +131,12 @@ impl Params {
     fn probe_source(&self) -> IpAddr {
         client::source(self.sources, self.sources + 1)
     }
+
+    /// How long the ordinary client waits for its first event on `/tick`
+    /// (given up at five times the limit, to say by how much it missed).
+    async fn probe(&self, gateway: &crate::gateway::Gateway) -> Result<Duration, String> {
+        first_event(gateway, self.probe_source(), "/tick", self.probe_limit * 5).await
+    }
 }
 
 /// The head a slow client trickles: it never ends.
@@ -283,13 +289,7 @@ async fn normal_limits(
             loop {
                 tokio::time::sleep(params.probe_every).await;
                 peak_files = peak_files.max(gateway.open_files().unwrap_or(0));
-                let probe = first_event(
-                    gateway,
-                    params.probe_source(),
-                    "/tick",
-                    params.probe_limit * 5,
-                )
-                .await;
+                let probe = params.probe(gateway).await;
                 probes.push(probe);
             }
         };
@@ -574,13 +574,7 @@ async fn one_address(
     let past = ::gateway::REFUSING + params.flood_past_refusing;
     attack_from(&mut flood, addr, flooder, past, wait);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let probe = first_event(
-        gateway,
-        params.probe_source(),
-        "/tick",
-        params.probe_limit * 5,
-    )
-    .await;
+    let probe = params.probe(gateway).await;
     let mut flooded = Vec::new();
     finish_into(&mut flood, &mut flooded).await;
     let mut quiet = Vec::new();
