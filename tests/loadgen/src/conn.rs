@@ -13,25 +13,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
 use tokio::time::Instant;
 
-use crate::parse::{self, Ndjson, Parsed, Sse};
+use crate::parse::{self, Format, Ndjson, Parsed, Sse};
 use crate::stats::Stats;
-
-/// The stream format asked for and parsed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Sse,
-    Ndjson,
-}
-
-impl Format {
-    fn accept(self) -> &'static str {
-        match self {
-            Self::Sse => "text/event-stream",
-            Self::Ndjson => "application/x-ndjson",
-        }
-    }
-}
 
 /// What every connection asks for.
 #[derive(Debug)]

@@ -8,10 +8,7 @@
 //! limit, and merges their histograms losslessly.
 
 mod conn;
-mod parse;
 mod publish;
-mod stats;
-mod watch;
 
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -23,10 +20,12 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
 use hyper::header::{HeaderName, HeaderValue};
+use loadgen::{parse, stats, watch};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use conn::{Format, Plan, Target};
+use conn::{Plan, Target};
+use parse::Format;
 use stats::{Partial, Report, Stats};
 
 #[derive(Debug, Clone, Parser, serde::Serialize)]

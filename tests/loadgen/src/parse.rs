@@ -11,6 +11,24 @@
 
 use backends::lines::{Lines, Piece};
 
+/// The stream format asked for and parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Sse,
+    Ndjson,
+}
+
+impl Format {
+    /// The `Accept` header that asks for it.
+    pub fn accept(self) -> &'static str {
+        match self {
+            Self::Sse => "text/event-stream",
+            Self::Ndjson => "application/x-ndjson",
+        }
+    }
+}
+
 /// One event as the client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parsed<'a> {
@@ -188,7 +206,7 @@ fn field_raw<'a>(json: &'a [u8], key: &str) -> Option<&'a str> {
 }
 
 /// A string value (without its quotes; no escapes inside) for `key`.
-fn field_str<'a>(json: &'a [u8], key: &str) -> Option<&'a str> {
+pub fn field_str<'a>(json: &'a [u8], key: &str) -> Option<&'a str> {
     let raw = field_raw(json, key)?;
     let inner = raw.strip_prefix('"')?;
     inner

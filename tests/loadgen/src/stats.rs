@@ -35,7 +35,7 @@ impl Micros {
         self.0.len()
     }
 
-    fn summary(&self) -> Percentiles {
+    pub fn summary(&self) -> Percentiles {
         let at = |q: f64| self.0.value_at_quantile(q);
         Percentiles {
             count: self.0.len(),

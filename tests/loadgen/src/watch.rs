@@ -62,6 +62,7 @@ impl Samples {
     }
 }
 
+#[derive(Debug)]
 pub struct Watcher {
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Samples>>,
@@ -111,12 +112,39 @@ fn sample(pids: &[u32], started: Instant) -> Option<Sample> {
     let mut rss_kib = 0;
     let mut cpu_s = 0.0;
     for pid in pids {
+        let stat = ProcStat::read(*pid)?;
+        rss_kib += stat.rss_kib;
+        cpu_s += stat.cpu_s;
+    }
+    Some(Sample {
+        at_s: started.elapsed().as_secs_f64(),
+        rss_kib,
+        cpu_s,
+    })
+}
+
+/// What `/proc` says of one process at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ProcStat {
+    /// Resident memory now (`VmRSS`).
+    pub rss_kib: u64,
+    /// The highest resident memory since the process started (`VmHWM`).
+    pub hwm_kib: u64,
+    /// User and system CPU time used so far.
+    pub cpu_s: f64,
+}
+
+impl ProcStat {
+    /// Reads process `pid`'s figures; `None` once it has exited.
+    pub fn read(pid: u32) -> Option<Self> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        rss_kib += status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // Fields after the command name (which may hold spaces) in ")".
         let rest = &stat[stat.rfind(')')? + 2..];
@@ -124,13 +152,19 @@ fn sample(pids: &[u32], started: Instant) -> Option<Sample> {
         // utime and stime are fields 14 and 15 of the line: 11 and 12 here.
         let used: u64 =
             fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        cpu_s += used as f64 / CLOCK_TICKS;
+        Some(Self {
+            rss_kib: kib("VmRSS:"),
+            hwm_kib: kib("VmHWM:"),
+            cpu_s: used as f64 / CLOCK_TICKS,
+        })
     }
-    Some(Sample {
-        at_s: started.elapsed().as_secs_f64(),
-        rss_kib,
-        cpu_s,
-    })
+}
+
+/// How many files process `pid` holds open (sockets included): the
+/// entries of `/proc/PID/fd`. `None` once it has exited.
+pub fn open_files(pid: u32) -> Option<u64> {
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(entries.count() as u64)
 }
 
 /// Clock ticks per second of `/proc/*/stat` times: `USER_HZ`, 100 on Linux.
