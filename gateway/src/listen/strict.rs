@@ -10,9 +10,11 @@
 //! |---|---|
 //! | `Content-Length` and `Transfer-Encoding` in one head | 400, connection closed |
 //! | HTTP/1.1 without `Host`, with two, or with a malformed one | 400 |
-//! | a transfer coding other than `chunked` | 501, connection closed |
+//! | a transfer coding before `chunked` (`gzip, chunked`) | 501, connection closed |
+//! | a last transfer coding other than `chunked` | 400 (hyper: the length is unknown), closed |
 //! | `chunked` twice | 400, connection closed |
 //! | a method longer than [`MAX_METHOD_BYTES`] | 501 |
+//! | a target with bytes other than visible ASCII (raw UTF-8) | 400 |
 //! | a target longer than [`MAX_TARGET_BYTES`] | 414 |
 
 use axum::http::uri::Authority;
@@ -46,6 +48,14 @@ pub(crate) fn check<B>(request: &Request<B>, smuggling: bool) -> Result<(), ApiE
     let uri = request.uri();
     let target = uri.authority().map_or(0, |a| a.as_str().len())
         + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let ascii = uri
+        .path_and_query()
+        .is_none_or(|p| p.as_str().bytes().all(|b| b.is_ascii_graphic()));
+    if !ascii {
+        return Err(ApiError::bad_request(
+            "the request target must be ASCII: percent-encode other characters",
+        ));
+    }
     if target > MAX_TARGET_BYTES {
         return Err(ApiError::new(
             StatusCode::URI_TOO_LONG,
@@ -178,6 +188,18 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(status(&request), None);
+    }
+
+    #[test]
+    fn a_target_is_visible_ascii() {
+        let request = |target: &str| {
+            Request::get(axum::http::Uri::try_from(target.as_bytes()).unwrap())
+                .header("host", "a")
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(status(&request("/a%C3%BF?q=%20")), None);
+        assert_eq!(status(&request("/\u{ff}")), Some(400));
     }
 
     #[test]

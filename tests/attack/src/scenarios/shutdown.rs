@@ -106,6 +106,7 @@ struct Params {
 
 impl Params {
     fn at(scale: Scale) -> Self {
+        let defaults = gateway::config::ServerConfig::default();
         let all = vec![
             Clients::SseReading,
             Clients::NdjsonReading,
@@ -121,8 +122,8 @@ impl Params {
                 connecting: 64,
                 open_timeout: Duration::from_secs(20),
                 settle: Duration::from_millis(500),
-                shutdown_grace: Duration::from_millis(200),
-                shutdown_grace_per_stream: Duration::from_micros(50),
+                shutdown_grace: defaults.shutdown_grace,
+                shutdown_grace_per_stream: defaults.shutdown_grace_per_stream,
                 slack: Duration::from_secs(3),
             },
             Scale::Full => Self {
@@ -133,8 +134,8 @@ impl Params {
                 connecting: 256,
                 open_timeout: Duration::from_secs(90),
                 settle: Duration::from_secs(2),
-                shutdown_grace: Duration::from_millis(200),
-                shutdown_grace_per_stream: Duration::from_micros(50),
+                shutdown_grace: defaults.shutdown_grace,
+                shutdown_grace_per_stream: defaults.shutdown_grace_per_stream,
                 slack: Duration::from_secs(1),
             },
         }
