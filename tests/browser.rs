@@ -251,10 +251,15 @@ async fn eventsource_resumes_exactly_across_lifetime_ends_and_a_restart() {
         ids.push(publish(n).await);
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    // Once the browser is back after the first lifetime end, the gateway
-    // goes away (that stream ends with `shutdown`); these ten are published
-    // while no gateway runs.
-    opened_at_least(&on_first, 2).await;
+    // Once the browser is back after a lifetime end, the gateway goes away
+    // (that stream ends with `shutdown`); these ten are published while no
+    // gateway runs. It goes while a stream has just opened, not in the
+    // `retry` gap after a lifetime end (on a loaded machine the loop above
+    // can outlast several lifetimes): the next open, and a moment for its
+    // stream to start.
+    let seen = on_first.0.lock().expect("lock").len();
+    opened_at_least(&on_first, seen.max(1) + 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     first.stop().await;
     for n in 30..40 {
         ids.push(publish(n).await);
