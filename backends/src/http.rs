@@ -1410,6 +1410,39 @@ impl Sse {
     }
 }
 
+/// The upstream decoders, for the fuzzer in `fuzz/`: not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{Decoder, HttpConfig, Wire};
+
+    /// Decodes `body` as `format` (`sse`, `ndjson`, anything else: lines)
+    /// with lines of at most `max_line` bytes, fed in the pieces that cutting
+    /// it at `cuts` (offsets, in any order, out-of-range ones ignored) makes;
+    /// each item the decoder yields, in its debug form.
+    pub fn decode(format: &str, max_line: usize, body: &[u8], cuts: &[usize]) -> Vec<String> {
+        let wire = match format {
+            "sse" => Wire::Sse,
+            "ndjson" => Wire::Ndjson,
+            _ => Wire::Lines,
+        };
+        let mut config = HttpConfig::new("http://127.0.0.1/");
+        config.max_line_bytes = max_line;
+        config.id_field = Some("id".into());
+        config.name_field = Some("event".into());
+        let mut decoder = Decoder::new(wire, &config);
+        let mut cuts: Vec<usize> = cuts.iter().copied().filter(|&c| c < body.len()).collect();
+        cuts.sort_unstable();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for cut in cuts.into_iter().chain([body.len()]) {
+            decoder.feed(&body[start..cut], &mut out);
+            start = cut;
+        }
+        decoder.finish(&mut out);
+        out.iter().map(|item| format!("{item:?}")).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

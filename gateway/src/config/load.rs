@@ -38,6 +38,14 @@ pub enum Source<'a> {
     Default,
     /// A file; its extension (`.toml`, `.yaml`/`.yml`, `.json`) says its format.
     File(&'a Path),
+    /// TOML text, named `origin` in problems (a config given in memory: the
+    /// fuzzer's, a test's).
+    Text {
+        /// What problems name as the text's origin.
+        origin: &'a str,
+        /// The TOML.
+        text: &'a str,
+    },
 }
 
 /// Loads and validates the configuration: `base`, then the `GATEWAY__…`
@@ -52,6 +60,7 @@ pub fn load(
     let origin = match base {
         Source::Default => DEFAULT_ORIGIN.to_string(),
         Source::File(path) => path.display().to_string(),
+        Source::Text { origin, .. } => origin.to_string(),
     };
     let base_source = match base {
         Source::Default => File::from_str(DEFAULT_CONFIG, FileFormat::Toml),
@@ -71,6 +80,7 @@ pub fn load(
                 .map_err(|e| one_problem(&origin, &format!("cannot read the file: {e}")))?;
             File::from_str(&text, format)
         }
+        Source::Text { text, .. } => File::from_str(text, FileFormat::Toml),
     };
     let env_vars = env;
     let env = Environment::with_prefix(ENV_PREFIX)
