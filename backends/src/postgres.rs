@@ -335,9 +335,11 @@ pub fn schema(table: &str, channel: &str, ordering: Ordering) -> String {
         order_trigger,
         forget_trigger,
     } = &n;
-    let id_default = match ordering {
-        Ordering::Commit => String::new(),
-        Ordering::Unchecked => format!(" DEFAULT nextval('{sequence}')"),
+    // Without the ordering trigger the column's default gives ids (a
+    // bigserial, whose sequence is `<table>_id_seq` too).
+    let id_column = match ordering {
+        Ordering::Commit => "id bigint PRIMARY KEY",
+        Ordering::Unchecked => "id bigserial PRIMARY KEY",
     };
     let order_sql = match ordering {
         Ordering::Unchecked => String::new(),
@@ -362,17 +364,23 @@ DO $d$ BEGIN
 END $d$;"
         ),
     };
+    // Each statement takes no lock when what it makes exists already, so
+    // that making what is missing never waits for (or deadlocks with) the
+    // writers of a table in use.
     format!(
-        "CREATE SEQUENCE IF NOT EXISTS {sequence};
-CREATE TABLE IF NOT EXISTS {table} (
-  id bigint PRIMARY KEY{id_default},
+        "CREATE TABLE IF NOT EXISTS {table} (
+  {id_column},
   key text NOT NULL,
   event text,
   data text,
   created_at timestamptz NOT NULL DEFAULT now()
 );
-ALTER SEQUENCE {sequence} OWNED BY {table}.id;
-CREATE INDEX IF NOT EXISTS {index} ON {table} (key, id);
+CREATE SEQUENCE IF NOT EXISTS {sequence} OWNED BY {table}.id;
+DO $d$ BEGIN
+  IF to_regclass('{index}') IS NULL THEN
+    CREATE INDEX {index} ON {table} (key, id);
+  END IF;
+END $d$;
 -- Per key, the largest id removed: what tells a client that rows it had
 -- not read are gone.
 CREATE TABLE IF NOT EXISTS {trim} (key text PRIMARY KEY, gone bigint NOT NULL);
@@ -1264,10 +1272,10 @@ mod tests {
         let commit = schema("ev", "chan", Ordering::Commit);
         assert!(commit.contains("pg_advisory_xact_lock"), "{commit}");
         assert!(commit.contains("pg_notify('chan', NEW.key)"), "{commit}");
-        assert!(!commit.contains("DEFAULT nextval"), "{commit}");
+        assert!(commit.contains("id bigint PRIMARY KEY"), "{commit}");
         let unchecked = schema("ev", "chan", Ordering::Unchecked);
         assert!(!unchecked.contains("pg_advisory_xact_lock"), "{unchecked}");
-        assert!(unchecked.contains("DEFAULT nextval('\"ev_id_seq\"')"));
+        assert!(unchecked.contains("id bigserial PRIMARY KEY"), "{unchecked}");
         assert!(unchecked.contains("\"ev_forget\""), "removals recorded");
     }
 }
