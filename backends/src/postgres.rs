@@ -540,12 +540,19 @@ impl Connection {
             )
             .await
             .map_err(|e| unavailable(&e))?;
-        let (table, trim, triggers): (bool, bool, Vec<String>) = (row.get(0), row.get(1), row.get(2));
+        let (table, trim, triggers): (bool, bool, Vec<String>) =
+            (row.get(0), row.get(1), row.get(2));
         let has = |name: &str| triggers.iter().any(|t| t == name);
         let missing = if !table || !trim {
-            Some(format!("table {} or {} does not exist", names.table, names.trim))
+            Some(format!(
+                "table {} or {} does not exist",
+                names.table, names.trim
+            ))
         } else if !has(&names.forget_trigger) {
-            Some(format!("trigger {} is missing or disabled", names.forget_trigger))
+            Some(format!(
+                "trigger {} is missing or disabled",
+                names.forget_trigger
+            ))
         } else if place.ordering == Ordering::Commit && !has(&names.order_trigger) {
             Some(format!(
                 "trigger {} (ids in commit order) is missing or disabled; \
@@ -561,9 +568,7 @@ impl Connection {
                 tracing::error!(table = %place.table, "PostgreSQL: {what}");
                 Err(BackendError::new(
                     ErrorKind::Unavailable,
-                    format!(
-                        "PostgreSQL: {what}; create = true makes it, or run the README's SQL"
-                    ),
+                    format!("PostgreSQL: {what}; create = true makes it, or run the README's SQL"),
                 ))
             }
         }
@@ -767,13 +772,11 @@ impl Listener {
         channel: &str,
     ) -> Result<(Client, mpsc::UnboundedReceiver<String>), BackendError> {
         let config = connection.config()?;
-        let (client, mut raw) = tokio::time::timeout(
-            connection.place.connect_timeout,
-            config.connect(NoTls),
-        )
-        .await
-        .map_err(|_| BackendError::new(ErrorKind::Unavailable, "connect timeout"))?
-        .map_err(|e| unavailable(&e))?;
+        let (client, mut raw) =
+            tokio::time::timeout(connection.place.connect_timeout, config.connect(NoTls))
+                .await
+                .map_err(|_| BackendError::new(ErrorKind::Unavailable, "connect timeout"))?
+                .map_err(|e| unavailable(&e))?;
         let (sender, receiver) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| raw.poll_message(cx));
@@ -1275,7 +1278,10 @@ mod tests {
         assert!(commit.contains("id bigint PRIMARY KEY"), "{commit}");
         let unchecked = schema("ev", "chan", Ordering::Unchecked);
         assert!(!unchecked.contains("pg_advisory_xact_lock"), "{unchecked}");
-        assert!(unchecked.contains("id bigserial PRIMARY KEY"), "{unchecked}");
+        assert!(
+            unchecked.contains("id bigserial PRIMARY KEY"),
+            "{unchecked}"
+        );
         assert!(unchecked.contains("\"ev_forget\""), "removals recorded");
     }
 }

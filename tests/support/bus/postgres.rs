@@ -57,7 +57,13 @@ impl PostgresEngine {
         client
     }
 
-    async fn insert(&self, client: &Client, room: &str, data: Option<&str>, name: Option<&str>) -> String {
+    async fn insert(
+        &self,
+        client: &Client,
+        room: &str,
+        data: Option<&str>,
+        name: Option<&str>,
+    ) -> String {
         let sql = format!(
             "INSERT INTO \"{}\" (key, event, data) VALUES ($1, $2, $3) RETURNING id",
             self.table
@@ -74,9 +80,12 @@ impl PostgresEngine {
 
 /// A connection to the server at `url` (its driver spawned).
 pub async fn connect(url: &str) -> Client {
-    let (client, connection) = within("connecting to PostgreSQL", tokio_postgres::connect(url, NoTls))
-        .await
-        .expect("PostgreSQL is running (.ci/run starts it)");
+    let (client, connection) = within(
+        "connecting to PostgreSQL",
+        tokio_postgres::connect(url, NoTls),
+    )
+    .await
+    .expect("PostgreSQL is running (.ci/run starts it)");
     tokio::spawn(connection);
     client
 }
@@ -199,7 +208,10 @@ impl Engine for PostgresEngine {
 
     fn unreachable(&self) -> Value {
         let mut backend = self.backend();
-        backend["url"] = json!(format!("postgres://postgres@127.0.0.1:{}/test", free_port()));
+        backend["url"] = json!(format!(
+            "postgres://postgres@127.0.0.1:{}/test",
+            free_port()
+        ));
         backend
     }
 }
@@ -297,13 +309,22 @@ fn bin_dir() -> std::path::PathBuf {
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     versions.sort_unstable();
-    let version = versions.last().expect("a PostgreSQL version in /usr/lib/postgresql");
-    std::path::Path::new(BIN).join(version.to_string()).join("bin")
+    let version = versions
+        .last()
+        .expect("a PostgreSQL version in /usr/lib/postgresql");
+    std::path::Path::new(BIN)
+        .join(version.to_string())
+        .join("bin")
 }
 
 /// `setpriv`'s arguments that run a program as `postgres`.
 fn setpriv() -> [&'static str; 4] {
-    ["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+    [
+        "--reuid=postgres",
+        "--regid=postgres",
+        "--init-groups",
+        "--",
+    ]
 }
 
 fn as_user(as_root: bool, program: std::path::PathBuf) -> tokio::process::Command {
