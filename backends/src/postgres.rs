@@ -576,59 +576,46 @@ impl Connection {
 
     async fn prepare(&self, client: Client) -> Result<Session, tokio_postgres::Error> {
         let Names { table, trim, .. } = self.place.names();
-        let (text, int8) = (Type::TEXT, Type::INT8);
         let columns = "id, event::text, data::text";
-        let bounds = client
-            .prepare_typed(
-                &format!(
-                    "SELECT (SELECT max(id) FROM {table} WHERE key = $1),
-                            (SELECT gone FROM {trim} WHERE key = $1)"
-                ),
-                &[text.clone()],
-            )
-            .await?;
-        let history = client
-            .prepare_typed(
-                &format!(
-                    "SELECT {columns} FROM {table} WHERE key = $1 AND id <= $2
-                     ORDER BY id DESC LIMIT $3"
-                ),
-                &[text.clone(), int8.clone(), int8.clone()],
-            )
-            .await?;
-        let page = client
-            .prepare_typed(
-                &format!(
-                    "SELECT {columns} FROM {table} WHERE key = $1 AND id > $2
-                     ORDER BY id LIMIT $3"
-                ),
-                &[text.clone(), int8.clone(), int8.clone()],
-            )
-            .await?;
-        let gone = client
-            .prepare_typed(
-                &format!("SELECT gone FROM {trim} WHERE key = $1"),
-                &[text.clone()],
-            )
-            .await?;
-        let insert = client
-            .prepare_typed(
-                &format!("INSERT INTO {table} (key, event, data) VALUES ($1, $2, $3) RETURNING id"),
-                &[text.clone(), text.clone(), text.clone()],
-            )
-            .await?;
-        let notify = client
-            .prepare_typed("SELECT pg_notify($1, $2)", &[text.clone(), text.clone()])
-            .await?;
-        let retain = client
-            .prepare_typed(
-                &format!(
-                    "DELETE FROM {table} WHERE key = $1 AND id <= (SELECT id FROM {table}
-                     WHERE key = $1 ORDER BY id DESC OFFSET $2 LIMIT 1)"
-                ),
-                &[text, int8],
-            )
-            .await?;
+        let key = &[Type::TEXT];
+        let key_id_count = &[Type::TEXT, Type::INT8, Type::INT8];
+        let sql = [
+            format!(
+                "SELECT (SELECT max(id) FROM {table} WHERE key = $1),
+                        (SELECT gone FROM {trim} WHERE key = $1)"
+            ),
+            format!(
+                "SELECT {columns} FROM {table} WHERE key = $1 AND id <= $2
+                 ORDER BY id DESC LIMIT $3"
+            ),
+            format!(
+                "SELECT {columns} FROM {table} WHERE key = $1 AND id > $2
+                 ORDER BY id LIMIT $3"
+            ),
+            format!("SELECT gone FROM {trim} WHERE key = $1"),
+            format!("INSERT INTO {table} (key, event, data) VALUES ($1, $2, $3) RETURNING id"),
+            "SELECT pg_notify($1, $2)".to_string(),
+            format!(
+                "DELETE FROM {table} WHERE key = $1 AND id <= (SELECT id FROM {table}
+                 WHERE key = $1 ORDER BY id DESC OFFSET $2 LIMIT 1)"
+            ),
+        ];
+        let types: [&[Type]; 7] = [
+            key,
+            key_id_count,
+            key_id_count,
+            key,
+            &[Type::TEXT, Type::TEXT, Type::TEXT],
+            &[Type::TEXT, Type::TEXT],
+            &[Type::TEXT, Type::INT8],
+        ];
+        let mut prepared = Vec::with_capacity(sql.len());
+        for (sql, types) in sql.iter().zip(types) {
+            prepared.push(client.prepare_typed(sql, types).await?);
+        }
+        let [bounds, history, page, gone, insert, notify, retain] =
+            <[Statement; 7]>::try_from(prepared)
+                .unwrap_or_else(|_| unreachable!("seven statements"));
         Ok(Session {
             client,
             bounds,
