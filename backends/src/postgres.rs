@@ -174,7 +174,7 @@ impl PostgresConfig {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         validate_place(&self.place(), self.channel.as_deref(), &mut problems);
-        validate_key(&self.key, self.allow.as_deref(), &mut problems);
+        key::validate_glob_template("key", &self.key, self.allow.as_deref(), &mut problems);
         if self.poll_interval < Duration::from_millis(10) {
             problems.push(Problem::new("poll_interval", "at least 10ms"));
         }
@@ -251,22 +251,6 @@ fn validate_place(place: &Place, channel: Option<&str>, problems: &mut Vec<Probl
     }
     if place.connect_timeout.is_zero() {
         problems.push(Problem::new("connect_timeout", "must be more than 0"));
-    }
-}
-
-/// Checks a key template and its `allow` pattern.
-fn validate_key(template: &str, allow: Option<&str>, problems: &mut Vec<Problem>) {
-    if template.is_empty() {
-        problems.push(Problem::new("key", "required: the key clients read"));
-    }
-    if let Err(reason) = Template::parse(template) {
-        problems.push(Problem::new("key", reason));
-    }
-    if template.contains('{') && allow.is_none() {
-        problems.push(Problem::new(
-            "allow",
-            "required when `key` has placeholders (`rooms:*`), so that clients cannot reach arbitrary keys",
-        ));
     }
 }
 
@@ -1097,7 +1081,7 @@ impl PostgresTarget {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         validate_place(&self.place(), self.channel.as_deref(), &mut problems);
-        validate_key(&self.key, self.allow.as_deref(), &mut problems);
+        key::validate_glob_template("key", &self.key, self.allow.as_deref(), &mut problems);
         if self.max_len == 0 || self.max_len > i64::MAX as usize {
             problems.push(Problem::new("max_len", "at least 1"));
         }
