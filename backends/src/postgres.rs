@@ -1256,3 +1256,18 @@ mod tests {
         assert!(unchecked.contains("\"ev_forget\""), "removals recorded");
     }
 }
+
+#[cfg(test)]
+mod readme {
+    /// The README gives the SQL that `create = true` runs, for operators
+    /// who make the table themselves: it must be that SQL.
+    #[test]
+    fn the_readme_gives_the_schema_the_gateway_makes() {
+        let readme = include_str!("../../README.md");
+        let sql = super::schema("events", "events", super::Ordering::Commit);
+        if std::env::var_os("PRINT_SCHEMA").is_some() {
+            println!("{sql}");
+        }
+        assert!(readme.contains(&sql), "README.md lacks:\n{sql}");
+    }
+}
