@@ -235,3 +235,41 @@ async fn two_gateways_through_a_restart() {
     publish(&engine, "k", 4..5).await;
     assert_eq!(ns(&take(&mut resumed, 1).await), [4], "no repeats");
 }
+
+/// A table dropped and made again while clients read it (its sequence
+/// starts over, and its new ids pass the clients' position): connected
+/// clients are told, then get the new table's rows from its start.
+#[tokio::test]
+async fn a_table_made_again_is_announced_to_connected_clients() {
+    let engine = PostgresEngine::shared("remade").await;
+    let table = format!("remade_{}", unique("t").trim_start_matches("t_"));
+    let mut backend = engine.backend();
+    backend["table"] = json!(table);
+    let mut target = engine.target();
+    target["table"] = json!(table);
+    let server = gateway_with(backend, target, json!({"poll_interval": "50ms"}), json!({})).await;
+    let mut got = lines(&server, "a", None).await;
+    let key = engine.key("a");
+    let client = connect(engine.url()).await;
+    let make = backends::postgres::create(&table, &table, backends::postgres::Ordering::Commit);
+    client.batch_execute(&make).await.expect("the table");
+    for n in 0..3 {
+        insert(&client, &table, &key, n).await;
+    }
+    assert_eq!(ns(&take(&mut got, 3).await), [0, 1, 2]);
+    client
+        .batch_execute(&format!("DROP TABLE \"{table}\", \"{table}_trim\"; {make}"))
+        .await
+        .expect("made again");
+    for n in 10..15 {
+        insert(&client, &table, &key, n).await;
+    }
+    let (notices, seen) = read_until(&mut got, 5, RESTART_BOUND).await;
+    assert_eq!(seen, [10, 11, 12, 13, 14], "{notices:?}");
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0]["resume_id"], "0", "{notices:?}");
+    client
+        .batch_execute(&format!("DROP TABLE \"{table}\", \"{table}_trim\""))
+        .await
+        .expect("DROP");
+}

@@ -566,7 +566,8 @@ impl Connection {
         let sql = [
             format!(
                 "SELECT (SELECT max(id) FROM {table} WHERE key = $1),
-                        (SELECT gone FROM {trim} WHERE key = $1)"
+                        (SELECT gone FROM {trim} WHERE key = $1),
+                        to_regclass('{table}')::oid::bigint"
             ),
             format!(
                 "SELECT {columns} FROM {table} WHERE key = $1 AND id <= $2
@@ -866,33 +867,44 @@ impl Postgres {
         Entry { position, event }
     }
 
-    /// Reads the key's rows after the feed's last into it, page by page,
-    /// first checking the key's bounds when `resync`; announces rows
-    /// removed before it read them.
-    async fn read_on(
+    /// At most `count` rows of the key after `after`, and whether more
+    /// follow.
+    async fn rows(
         &self,
         key: &str,
-        feed: &mut Feed<RowId>,
-        resync: bool,
-    ) -> Result<(), BackendError> {
-        if resync {
-            let bounds = self.bounds(key).await?;
-            feed.resync(&bounds);
-        }
+        after: RowId,
+        count: usize,
+    ) -> Result<(Vec<Entry<RowId>>, bool), BackendError> {
+        let limit = count as i64 + 1;
+        let rows = self
+            .connection
+            .run(|s| async move { s.client.query(&s.page, &[&key, &after.0, &limit]).await })
+            .await?;
+        let more = rows.len() > count;
+        Ok((rows.iter().take(count).map(Self::entry).collect(), more))
+    }
+
+    /// Reads the key's rows after the feed's last into it, page by page,
+    /// each page followed by the key's bounds (read after the rows, so that
+    /// a removal between the two is announced): rows removed before the
+    /// reader read them are a gap, and a table made again (another oid, or
+    /// its end behind the reader) makes the reader start over.
+    async fn read_on(&self, key: &str, feed: &mut Feed<RowId>) -> Result<(), BackendError> {
         loop {
-            let page = self.page(key, &mut (), feed.last(), Self::PAGE).await?;
-            if let Some(gone) = page.gone.filter(|gone| *gone > feed.last()) {
-                let end = page.entries.last().map_or(gone, |e| e.position.max(gone));
-                feed.resync(&Bounds {
-                    end: Some(end),
-                    gone: Some(gone),
-                    epoch: 0,
-                });
+            let before = feed.last();
+            let (entries, more) = self.rows(key, before, Self::PAGE).await?;
+            let mut bounds = self.bounds(key).await?;
+            // Rows read are held, even when deleted since.
+            bounds.end = bounds.end.max(entries.last().map(|e| e.position));
+            feed.resync(&bounds);
+            if feed.last() != before {
+                // Started over: these rows were read after the old position.
+                continue;
             }
-            for entry in page.entries {
+            for entry in entries {
                 feed.send(entry);
             }
-            if !page.more {
+            if !more {
                 return Ok(());
             }
         }
@@ -917,12 +929,14 @@ impl Broker for Postgres {
             .connection
             .run(|s| async move { s.client.query_one(&s.bounds, &[&key]).await })
             .await?;
-        let (last, gone): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+        let (last, gone, table): (Option<i64>, Option<i64>, Option<i64>) =
+            (row.get(0), row.get(1), row.get(2));
         let (last, gone) = (last.map(RowId), gone.map(RowId));
         Ok(Bounds {
             end: last.max(gone),
             gone,
-            epoch: 0,
+            // The table's oid: a table made again numbers anew.
+            epoch: table.map_or(0, |oid| oid as u64),
         })
     }
 
@@ -947,11 +961,7 @@ impl Broker for Postgres {
         after: RowId,
         count: usize,
     ) -> Result<Page<RowId>, BackendError> {
-        let limit = count as i64 + 1;
-        let rows = self
-            .connection
-            .run(|s| async move { s.client.query(&s.page, &[&key, &after.0, &limit]).await })
-            .await?;
+        let (entries, more) = self.rows(key, after, count).await?;
         // After the rows: a removal between the two is announced.
         let gone = self
             .connection
@@ -959,44 +969,34 @@ impl Broker for Postgres {
             .await?
             .map(|row| RowId(row.get(0)));
         Ok(Page {
-            more: rows.len() > count,
-            entries: rows.iter().take(count).map(Self::entry).collect(),
+            entries,
+            more,
             gone,
         })
     }
 
     /// Reads on each notification naming the key, every `poll_interval`,
-    /// and after the listener connected again (checking the key's bounds
-    /// first); a failed read is tried again with backoff, bounds first.
+    /// and after the listener connected (notifications may have been
+    /// missed meanwhile); every read checks the key's bounds. A failed read
+    /// is tried again with backoff.
     async fn follow(&self, key: &str, mut feed: Feed<RowId>) {
         self.start_listening();
         let registration = self.listener.register(key);
         let mut connections = self.listener.connections.subscribe();
         connections.mark_unchanged();
         let mut backoff = MIN_BACKOFF;
-        let mut resync = false;
         loop {
-            match self.read_on(key, &mut feed, resync).await {
-                Ok(()) => {
-                    resync = false;
-                    backoff = MIN_BACKOFF;
-                }
-                Err(error) => {
-                    tracing::warn!(%key, error = %error.message, "PostgreSQL reader cannot read; retrying");
-                    resync = true;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
+            if let Err(error) = self.read_on(key, &mut feed).await {
+                tracing::warn!(%key, error = %error.message, "PostgreSQL reader cannot read; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
             }
+            backoff = MIN_BACKOFF;
             tokio::select! {
                 () = registration.notify.notified() => {}
-                changed = connections.changed() => {
-                    // The listener lives as long as the broker.
-                    if changed.is_ok() {
-                        resync = true;
-                    }
-                }
+                // The listener (the sender) lives as long as the broker.
+                Ok(()) = connections.changed() => {}
                 () = tokio::time::sleep(self.poll_interval) => {}
             }
         }
