@@ -34,11 +34,14 @@
 //! - **One listening connection per backend**: the trigger (or the publish
 //!   target, without the trigger) sends `NOTIFY <channel>, '<key>'`; the
 //!   key's reader wakes and reads the page after its last id. It also reads
-//!   every `poll_interval`, for writers that do not notify; a reconnection
-//!   of the listening connection makes every reader check the key's bounds
-//!   again. Reads share one more connection.
-//! - A table made again (its sequence starting over) is announced to the
-//!   clients whose ids it no longer knows, as for every bus backend.
+//!   every `poll_interval`, for writers that do not notify, and when the
+//!   listening connection is made again (notifications may have been
+//!   missed). Reads share one more connection.
+//! - Each read is followed by the key's bounds (the largest id, the largest
+//!   removed, the table's oid): rows removed before the reader read them
+//!   are announced, and so is a table made again (another oid, or an end
+//!   behind the reader: its sequence started over), whose rows are then
+//!   read from the start.
 
 use std::collections::HashMap;
 use std::fmt;
