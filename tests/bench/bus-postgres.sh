@@ -5,7 +5,8 @@
 # over their count), fan-out deliveries per second (the same subscribers,
 # COUNT events published through each publish route at RATE per second),
 # and the price of the ordering trigger: inserts per second into a table
-# with it and one without, from WRITERS concurrent pgbench clients for
+# with it and one without, from each count of WRITERS concurrent pgbench
+# clients (1, 4, 8) for
 # SECONDS each. Needs PostgreSQL on 127.0.0.1:5432 (database test) and
 # Redis on 127.0.0.1:6379. One command: bash tests/bench/run.sh bus-postgres.
 source "$(dirname "$0")/lib.sh"
@@ -13,7 +14,7 @@ SUBSCRIBERS="${SUBSCRIBERS:-1000}"
 HOLD="${HOLD:-20s}"
 RATE="${RATE:-200}"
 COUNT="${COUNT:-1000}"
-WRITERS="${WRITERS:-4}"
+WRITERS="${WRITERS:-1 4 8}"
 SECONDS_EACH="${SECONDS_EACH:-10}"
 PG="postgres://postgres@127.0.0.1:5432/test"
 export BENCH_TOKEN="bench-token-0123456789abcdef"
@@ -75,19 +76,21 @@ for route in ordered unordered; do
   curl -s -o /dev/null --max-time 1 "http://$GATEWAY_ADDR/$route" || true
 done
 kill "$GATEWAY_PID"; wait "$GATEWAY_PID" 2>/dev/null || true
-# Both notify (the trigger does it for the ordered table; the unordered
-# one's writers must, as the publish target does), so that only the
-# ordering differs.
+# Each insert is one autocommit statement, and both notify (the trigger
+# does it for the ordered table; the unordered one's writers must, as the
+# publish target does), so that only the ordering differs.
 for table in bench_ordered bench_unordered; do
-  insert="INSERT INTO $table (key, data) VALUES ('k' || :client_id, '{\"n\":1}');"
+  values="VALUES ('k' || :client_id, '{\"n\":1}')"
   if [ "$table" = bench_ordered ]; then
-    echo "$insert" > "$script"
+    echo "INSERT INTO $table (key, data) $values;" > "$script"
   else
-    printf 'BEGIN;\n%s\nSELECT pg_notify(%s, %s);\nCOMMIT;\n' "$insert" "'$table'" "'k' || :client_id" > "$script"
+    echo "WITH i AS (INSERT INTO $table (key, data) $values RETURNING key) SELECT pg_notify('$table', key) FROM i;" > "$script"
   fi
-  echo "$table: $WRITERS writers for ${SECONDS_EACH}s"
-  "$pgbench" -n -c "$WRITERS" -j 2 -T "$SECONDS_EACH" -f "$script" "$PG" 2>/dev/null |
-    tee "$RESULTS/bus-insert-$table.txt" | grep -E '^(tps|latency)'
+  for writers in $WRITERS; do
+    echo "$table: $writers writers for ${SECONDS_EACH}s"
+    "$pgbench" -n -c "$writers" -j "$(( writers < 2 ? 1 : 2 ))" -T "$SECONDS_EACH" -f "$script" "$PG" 2>/dev/null |
+      tee "$RESULTS/bus-insert-$table-$writers.txt" | grep -E '^(tps|latency)'
+  done
 done
 rm -f "$script" "$script.toml"
 
