@@ -52,8 +52,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use tokio::sync::{Notify, mpsc, watch};
+use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::types::Type;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Socket, Statement};
 
 use crate::bus::key::{self, Glob, Template};
 use crate::bus::{Bounds, Broker, Bus, Entry, Feed, Limits, Page};
@@ -464,11 +465,13 @@ impl Connection {
         Ok(config)
     }
 
-    /// A connection, its driver spawned; it closes when the client drops.
-    async fn connect(&self) -> Result<Client, BackendError> {
+    /// A new connection within `connect_timeout`: its client, and the
+    /// connection itself, which its owner polls.
+    async fn open(
+        &self,
+    ) -> Result<(Client, tokio_postgres::Connection<Socket, NoTlsStream>), BackendError> {
         let config = self.config()?;
-        let connect = config.connect(NoTls);
-        let (client, connection) = tokio::time::timeout(self.place.connect_timeout, connect)
+        tokio::time::timeout(self.place.connect_timeout, config.connect(NoTls))
             .await
             .map_err(|_| {
                 BackendError::new(
@@ -476,7 +479,12 @@ impl Connection {
                     "PostgreSQL: no connection within connect_timeout",
                 )
             })?
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| unavailable(&e))
+    }
+
+    /// A connection, its driver spawned; it closes when the client drops.
+    async fn connect(&self) -> Result<Client, BackendError> {
+        let (client, connection) = self.open().await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(error = %describe(&error), "PostgreSQL connection closed");
@@ -746,12 +754,7 @@ impl Listener {
         connection: &Connection,
         channel: &str,
     ) -> Result<(Client, mpsc::UnboundedReceiver<String>), BackendError> {
-        let config = connection.config()?;
-        let (client, mut raw) =
-            tokio::time::timeout(connection.place.connect_timeout, config.connect(NoTls))
-                .await
-                .map_err(|_| BackendError::new(ErrorKind::Unavailable, "connect timeout"))?
-                .map_err(|e| unavailable(&e))?;
+        let (client, mut raw) = connection.open().await?;
         let (sender, receiver) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| raw.poll_message(cx));
