@@ -27,9 +27,9 @@
 //! - [`bus`]: what every bus backend shares (one reader per key, clients,
 //!   catch-up, the notices that keep loss from being silent, key templates,
 //!   limits), written once over the [`Broker`](bus::Broker) trait that
-//!   [`redis`] and [`nats`] implement.
+//!   [`redis`], [`nats`] and [`postgres`] implement.
 //! - One module per backend: [`demo`] (the reference stream), [`ticker`],
-//!   [`command`], [`http`], [`redis`], [`nats`]; [`publish`] for the routes
+//!   [`command`], [`http`], [`redis`], [`nats`], [`postgres`]; [`publish`] for the routes
 //!   that append to a bus.
 //! - `testing` (feature `testing`): mock backends for the gateway's own tests.
 //!
@@ -53,6 +53,7 @@ pub mod json;
 pub mod lines;
 pub mod method;
 pub mod nats;
+pub mod postgres;
 pub mod problem;
 pub mod publish;
 pub mod redis;

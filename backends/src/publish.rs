@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::json::{self, Key, Scalar, Shape};
 use crate::nats::{NatsPublisher, NatsTarget};
+use crate::postgres::{PostgresPublisher, PostgresTarget};
 use crate::problem::Problem;
 use crate::redis::{RedisPublisher, RedisTarget};
 use crate::{BackendError, Data, JsonBody, RequestContext};
@@ -95,7 +96,7 @@ impl<'de> Visitor<'de> for Fields {
     }
 }
 
-fn is_event_name(name: &str) -> bool {
+pub(crate) fn is_event_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control)
 }
 
@@ -119,6 +120,8 @@ pub enum PublisherConfig {
     Redis(RedisTarget),
     /// A JetStream subject (what a `nats` backend reads).
     Nats(NatsTarget),
+    /// A PostgreSQL table (what a `postgres` backend reads).
+    Postgres(PostgresTarget),
 }
 
 impl PublisherConfig {
@@ -127,6 +130,7 @@ impl PublisherConfig {
         match self {
             Self::Redis(c) => c.validate(),
             Self::Nats(c) => c.validate(),
+            Self::Postgres(c) => c.validate(),
         }
     }
 
@@ -135,6 +139,7 @@ impl PublisherConfig {
         match self {
             Self::Redis(c) => Arc::new(RedisPublisher::new(c)),
             Self::Nats(c) => Arc::new(NatsPublisher::new(c)),
+            Self::Postgres(c) => Arc::new(PostgresPublisher::new(c)),
         }
     }
 }

@@ -110,7 +110,7 @@ impl RedisConfig {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         validate_url(&self.url, &mut problems);
-        validate_key(&self.stream, self.allow.as_deref(), &mut problems);
+        key::validate_glob_template("stream", &self.stream, self.allow.as_deref(), &mut problems);
         problems.extend(self.limits().validate());
         if self.field.is_empty() {
             problems.push(Problem::new("field", "must name a field"));
@@ -132,23 +132,6 @@ impl RedisConfig {
     /// use.
     pub fn build(&self) -> Bus<Redis> {
         Bus::new(Redis::new(self), self.limits())
-    }
-}
-
-/// Checks a key template and its `allow` pattern, as both the backend and
-/// the publisher take them.
-fn validate_key(stream: &str, allow: Option<&str>, problems: &mut Vec<Problem>) {
-    if stream.is_empty() {
-        problems.push(Problem::new("stream", "required: the stream key"));
-    }
-    if let Err(reason) = Template::parse(stream) {
-        problems.push(Problem::new("stream", reason));
-    }
-    if stream.contains('{') && allow.is_none() {
-        problems.push(Problem::new(
-            "allow",
-            "required when `stream` has placeholders (`rooms:*`), so that clients cannot reach arbitrary keys",
-        ));
     }
 }
 
@@ -556,7 +539,7 @@ impl RedisTarget {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         validate_url(&self.url, &mut problems);
-        validate_key(&self.stream, self.allow.as_deref(), &mut problems);
+        key::validate_glob_template("stream", &self.stream, self.allow.as_deref(), &mut problems);
         if self.field.is_empty() || self.field == self.name_field {
             problems.push(Problem::new(
                 "field",

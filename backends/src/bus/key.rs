@@ -7,7 +7,34 @@
 //! any value (the pattern decides), a NATS subject refuses values that
 //! would add tokens or wildcards.
 
+use crate::problem::Problem;
 use crate::{BackendError, ErrorKind, RequestContext};
+
+/// Checks a key template read with a [`Glob`] allow pattern (Redis,
+/// PostgreSQL): `field` names the template's config key (`stream`, `key`),
+/// which is required; `allow` is required when the template has
+/// placeholders, so that clients cannot reach arbitrary keys.
+pub fn validate_glob_template(
+    field: &str,
+    template: &str,
+    allow: Option<&str>,
+    problems: &mut Vec<Problem>,
+) {
+    if template.is_empty() {
+        problems.push(Problem::new(field, "required: the key clients read"));
+    }
+    if let Err(reason) = Template::parse(template) {
+        problems.push(Problem::new(field, reason));
+    }
+    if template.contains('{') && allow.is_none() {
+        problems.push(Problem::new(
+            "allow",
+            format!(
+                "required when `{field}` has placeholders (`rooms:*`), so that clients cannot reach arbitrary keys"
+            ),
+        ));
+    }
+}
 
 /// A key with `{param}` placeholders (`rooms:{room}`), checked when parsed.
 /// (`Default`: the empty template.)

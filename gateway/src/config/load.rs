@@ -604,6 +604,53 @@ payload_bytes = 99999999
         }
     }
 
+    /// A postgres backend's and target's problems, each named by file, key
+    /// and reason (table and channel names are SQL identifiers, checked
+    /// before anything connects).
+    #[test]
+    fn postgres_problems_name_their_keys() {
+        let dir = std::env::temp_dir().join(format!("gateway-config-pg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pg.toml");
+        std::fs::write(
+            &path,
+            r#"
+[routes.pg]
+path = "/pg/{room}"
+[routes.pg.backends.bus]
+type = "postgres"
+table = "Events; DROP TABLE users"
+channel = "a-b"
+key = "rooms:{room}"
+[publish.pg]
+path = "/pg/{room}/events"
+tokens = ["publish-token-0123456789"]
+[publish.pg.target]
+type = "postgres"
+key = "rooms:{room"
+max_len = 0
+"#,
+        )
+        .unwrap();
+        let err = load(Source::File(&path), Some(HashMap::new())).unwrap_err();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "routes.pg.backends.bus.table",
+                "routes.pg.backends.bus.channel",
+                "routes.pg.backends.bus.allow",
+                "publish.pg.target.key",
+                "publish.pg.target.allow",
+                "publish.pg.target.max_len",
+            ],
+            "{err}"
+        );
+        let file = path.display().to_string();
+        assert!(err.problems.iter().all(|p| p.origin == file), "{err}");
+        assert!(err.to_string().contains("an SQL identifier"), "{err}");
+    }
+
     #[test]
     fn a_route_made_only_of_variables_is_blamed_on_them() {
         let env = HashMap::from([

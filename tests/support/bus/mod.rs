@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use crate::{TestServer, client, ndjson_lines, take_events, within_for};
 
 pub mod nats;
+pub mod postgres;
 pub mod private;
 pub mod redis;
 pub mod suite;

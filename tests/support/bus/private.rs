@@ -63,8 +63,29 @@ impl Private {
     /// Kills the server; a server without persistence gets a new, empty
     /// data directory.
     pub async fn kill(&mut self) {
+        self.stop(None).await;
+    }
+
+    /// Sends the server `signal` (`QUIT`, …; `None`: kills it) and waits for
+    /// it to exit; a server without persistence gets a new, empty data
+    /// directory.
+    pub async fn stop(&mut self, signal: Option<&str>) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
+            match (signal, child.id()) {
+                (Some(signal), Some(pid)) => {
+                    let sent = tokio::process::Command::new("kill")
+                        .args(["-s", signal, &pid.to_string()])
+                        .status()
+                        .await;
+                    assert!(sent.is_ok_and(|s| s.success()), "kill -s {signal} {pid}");
+                    within_for(RESTART_BOUND, "the private server exits", child.wait())
+                        .await
+                        .expect("the server exits");
+                }
+                _ => {
+                    let _ = child.kill().await;
+                }
+            }
         }
         if !self.persistent {
             self.dir = tempfile::tempdir().expect("a data directory");
