@@ -10,6 +10,7 @@ use crate::demo::{Demo, DemoConfig};
 use crate::http::{Http, HttpConfig};
 use crate::nats::NatsConfig;
 use crate::problem::Problem;
+use crate::rabbitmq::RabbitMqConfig;
 use crate::redis::RedisConfig;
 use crate::ticker::{Ticker, TickerConfig};
 
@@ -36,6 +37,9 @@ pub enum BackendConfig {
     /// A subject of a NATS JetStream stream, shared by every client of a
     /// subject (see [`crate::nats`]).
     Nats(NatsConfig),
+    /// A RabbitMQ stream per key, shared by every client of a key (see
+    /// [`crate::rabbitmq`]).
+    Rabbitmq(RabbitMqConfig),
     /// A program's output, a line per event (see [`crate::command`]).
     Command(CommandConfig),
     /// An upstream URL that streams SSE, NDJSON or lines (see [`crate::http`]).
@@ -51,6 +55,7 @@ impl BackendConfig {
             Self::Ticker(c) => c.validate(),
             Self::Redis(c) => c.validate(),
             Self::Nats(c) => c.validate(),
+            Self::Rabbitmq(c) => c.validate(),
             Self::Command(c) => c.validate(),
             Self::Http(c) => c.validate(),
         }
@@ -63,6 +68,7 @@ impl BackendConfig {
             Self::Ticker(c) => Arc::new(Ticker::new(c.clone())),
             Self::Redis(c) => Arc::new(c.build()),
             Self::Nats(c) => Arc::new(c.build()),
+            Self::Rabbitmq(c) => Arc::new(c.build()),
             Self::Command(c) => Arc::new(Command::new(c.clone())),
             Self::Http(c) => Arc::new(Http::new(c.clone())),
         }

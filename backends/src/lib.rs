@@ -55,6 +55,7 @@ pub mod method;
 pub mod nats;
 pub mod problem;
 pub mod publish;
+pub mod rabbitmq;
 pub mod redis;
 pub mod stats;
 #[cfg(feature = "testing")]

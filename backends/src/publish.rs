@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use crate::json::{self, Key, Scalar, Shape};
 use crate::nats::{NatsPublisher, NatsTarget};
 use crate::problem::Problem;
+use crate::rabbitmq::{RabbitMqPublisher, RabbitMqTarget};
 use crate::redis::{RedisPublisher, RedisTarget};
 use crate::{BackendError, Data, JsonBody, RequestContext};
 
@@ -119,6 +120,8 @@ pub enum PublisherConfig {
     Redis(RedisTarget),
     /// A JetStream subject (what a `nats` backend reads).
     Nats(NatsTarget),
+    /// A RabbitMQ stream (what a `rabbitmq` backend reads).
+    Rabbitmq(RabbitMqTarget),
 }
 
 impl PublisherConfig {
@@ -127,6 +130,7 @@ impl PublisherConfig {
         match self {
             Self::Redis(c) => c.validate(),
             Self::Nats(c) => c.validate(),
+            Self::Rabbitmq(c) => c.validate(),
         }
     }
 
@@ -135,6 +139,7 @@ impl PublisherConfig {
         match self {
             Self::Redis(c) => Arc::new(RedisPublisher::new(c)),
             Self::Nats(c) => Arc::new(NatsPublisher::new(c)),
+            Self::Rabbitmq(c) => Arc::new(RabbitMqPublisher::new(c)),
         }
     }
 }
