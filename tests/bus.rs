@@ -3,3 +3,4 @@
 
 gateway_tests::conformance!(redis, gateway_tests::bus::redis::RedisEngine);
 gateway_tests::conformance!(nats, gateway_tests::bus::nats::NatsEngine);
+gateway_tests::conformance!(rabbitmq, gateway_tests::bus::rabbitmq::RabbitEngine);

@@ -716,13 +716,19 @@ impl RabbitMq {
         if let Some(session) = commands.as_ref().filter(|s| !s.closed()) {
             return Ok(Arc::clone(session));
         }
-        let had = commands.take().is_some();
         let session = Session::connect(&self.options, self.connect_timeout).await?;
-        if had {
-            self.stats.reconnected();
-        }
         *commands = Some(Arc::clone(&session));
         Ok(session)
+    }
+
+    /// Drops the shared connection if it is still `session`.
+    async fn forget(&self, session: &Arc<Session>) {
+        let mut commands = self.commands.lock().await;
+        if commands.as_ref().is_some_and(|s| Arc::ptr_eq(s, session)) {
+            lock(&session.routes).closed = true;
+            *commands = None;
+            self.stats.reconnected();
+        }
     }
 
     /// Subscribes on the shared connection; a connection found closed (a
@@ -746,7 +752,14 @@ impl RabbitMq {
                     session.create(stream, retention).await?;
                     created = true;
                 }
-                Err(_) if again && session.closed() => again = false,
+                // A connection RabbitMQ dropped (a restart the gateway
+                // was idle through) fails its first request: once more on
+                // a new one.
+                Err(e) if again && e.kind == ErrorKind::Unavailable => {
+                    again = false;
+                    tracing::debug!(error = %e.message, "RabbitMQ: connecting again");
+                    self.forget(&session).await;
+                }
                 Err(e) => return Err(e),
             }
         }

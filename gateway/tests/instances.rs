@@ -1,8 +1,10 @@
-//! Two `gateway` processes on one Redis, as the README's two-instance setup
-//! runs them (`config/examples/redis-rooms.toml`): an event published once
-//! through one instance's publish route reaches clients of both, and a
-//! client that left resumes on the *other* process with exactly what it
-//! missed. Needs Redis on 127.0.0.1:6379 (`.ci/run` starts it).
+//! Two `gateway` processes on one broker, as the README's two-instance
+//! setups run them (`config/examples/redis-rooms.toml`,
+//! `config/examples/rabbitmq-rooms.toml`): an event published once through
+//! one instance's publish route reaches clients of both, and a client that
+//! left resumes on the *other* process with exactly what it missed. Needs
+//! Redis on 127.0.0.1:6379 and RabbitMQ's stream port on 127.0.0.1:5552
+//! (`.ci/run` starts both).
 
 #![cfg(unix)]
 
@@ -33,14 +35,15 @@ struct Instance {
 }
 
 impl Instance {
-    async fn start() -> Self {
-        let config = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../config/examples/redis-rooms.toml"
+    /// A gateway on `config/examples/<example>`.
+    async fn start(example: &str) -> Self {
+        let config = format!(
+            "{}/../config/examples/{example}",
+            env!("CARGO_MANIFEST_DIR")
         );
         let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
         command
-            .args(["--config", config])
+            .args(["--config", &config])
             .env("GATEWAY__SERVER__PORT", "0")
             .env("GATEWAY__SERVER__LOG_FORMAT", "json")
             .env("PUBLISH_TOKEN", TOKEN)
@@ -78,8 +81,17 @@ fn sse(
 }
 
 #[tokio::test]
-async fn two_processes_serve_one_stream_and_a_client_resumes_on_the_other() {
-    let (a, b) = (Instance::start().await, Instance::start().await);
+async fn two_processes_serve_one_redis_stream_and_a_client_resumes_on_the_other() {
+    two_processes_serve_one_stream("redis-rooms.toml").await;
+}
+
+#[tokio::test]
+async fn two_processes_serve_one_rabbitmq_stream_and_a_client_resumes_on_the_other() {
+    two_processes_serve_one_stream("rabbitmq-rooms.toml").await;
+}
+
+async fn two_processes_serve_one_stream(example: &str) {
+    let (a, b) = (Instance::start(example).await, Instance::start(example).await);
     let http = reqwest::Client::new();
     let room = format!(
         "instances-{}-{}",

@@ -44,8 +44,20 @@ impl Private {
         args: &[std::ffi::OsString],
         ready: impl Fn() -> F,
     ) {
+        self.start_with(program, args, &[], ready).await;
+    }
+
+    /// [`start`](Self::start) with these environment variables too.
+    pub async fn start_with<F: Future<Output = bool>>(
+        &mut self,
+        program: &str,
+        args: &[std::ffi::OsString],
+        env: &[(&str, std::ffi::OsString)],
+        ready: impl Fn() -> F,
+    ) {
         let child = tokio::process::Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
