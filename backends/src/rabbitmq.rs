@@ -166,8 +166,14 @@ impl Retention {
                 "at least 1s (RabbitMQ counts it in seconds)",
             ));
         }
-        if self.max_segment_size_bytes == Some(0) {
-            problems.push(Problem::new("create.max_segment_size_bytes", "at least 1"));
+        // RabbitMQ 3.10 rolls a segment that has reached its size before
+        // writing to it: one no larger than an empty segment's 8-byte
+        // header rolls forever, and the stream takes no message.
+        if self.max_segment_size_bytes.is_some_and(|bytes| bytes <= 8) {
+            problems.push(Problem::new(
+                "create.max_segment_size_bytes",
+                "more than 8 (an empty segment's header)",
+            ));
         }
     }
 }

@@ -91,7 +91,10 @@ async fn two_processes_serve_one_rabbitmq_stream_and_a_client_resumes_on_the_oth
 }
 
 async fn two_processes_serve_one_stream(example: &str) {
-    let (a, b) = (Instance::start(example).await, Instance::start(example).await);
+    let (a, b) = (
+        Instance::start(example).await,
+        Instance::start(example).await,
+    );
     let http = reqwest::Client::new();
     let room = format!(
         "instances-{}-{}",

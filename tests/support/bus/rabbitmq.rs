@@ -24,8 +24,10 @@ use crate::within_for;
 
 /// The shared RabbitMQ's stream port.
 pub const STREAM_PORT: u16 = 5552;
-/// Segments of one chunk each (RabbitMQ rolls a segment past this size).
-const SEGMENT_BYTES: u64 = 1;
+/// Segments of one chunk each: RabbitMQ rolls a segment that has reached
+/// this size before it writes a chunk. (More than an empty segment's 8
+/// bytes of header: with less, the writer rolls empty segments forever.)
+const SEGMENT_BYTES: u64 = 64;
 
 /// Streams of this test only, `<prefix><room>`. Deleted on drop.
 #[derive(Debug)]
@@ -111,9 +113,12 @@ impl Connection {
             SEGMENT_BYTES.to_string(),
         )]
         .into();
-        within("declaring a stream", self.client.create_stream(stream, arguments))
-            .await
-            .expect("declared");
+        within(
+            "declaring a stream",
+            self.client.create_stream(stream, arguments),
+        )
+        .await
+        .expect("declared");
     }
 
     /// Deletes `stream`.
@@ -162,13 +167,17 @@ impl Connection {
                 within("a publish", self.client.publish(1, message))
                     .await
                     .expect("published");
-                within("a confirm", confirms.recv()).await.expect("confirmed");
+                within("a confirm", confirms.recv())
+                    .await
+                    .expect("confirmed");
                 sent += 1;
             }
         }
         if together {
             for _ in 0..sent {
-                within("a confirm", confirms.recv()).await.expect("confirmed");
+                within("a confirm", confirms.recv())
+                    .await
+                    .expect("confirmed");
             }
         }
         let mut offsets = Vec::new();
@@ -250,7 +259,10 @@ impl RabbitEngine {
     /// The directory of `stream`'s segments.
     fn stream_dir(&self, stream: &str) -> PathBuf {
         let out = self.ctl(&["eval", "rabbit_mnesia:dir()."]);
-        let dir = String::from_utf8_lossy(&out.stdout).trim().trim_matches('"').to_string();
+        let dir = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .trim_matches('"')
+            .to_string();
         let streams = Path::new(&dir).join("stream");
         // `<vhost>_<name>_<time>`, each character but letters and digits `_`.
         let safe = |s: &str| -> String {
