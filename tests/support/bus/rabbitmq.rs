@@ -36,6 +36,9 @@ pub struct RabbitEngine {
     /// The streams' prefix.
     pub prefix: String,
     private: Option<PrivateRabbit>,
+    /// The engine's own connection, made on first use and after a restart;
+    /// one publish at a time.
+    connection: tokio::sync::Mutex<Option<Connection>>,
 }
 
 /// What a connection of the engine's hears: chunks by subscription,
@@ -44,6 +47,7 @@ pub struct RabbitEngine {
 struct Heard {
     chunks: HashMap<u8, mpsc::UnboundedSender<(u64, Vec<Message>)>>,
     confirmed: Option<mpsc::UnboundedSender<u64>>,
+    closed: bool,
 }
 
 /// A raw connection to a stream port.
@@ -81,6 +85,9 @@ impl Connection {
             .set_handler(move |item: MessageResult| {
                 let heard = Arc::clone(&routes);
                 async move {
+                    if !matches!(item, Some(Ok(_))) {
+                        heard.lock().expect("lock").closed = true;
+                    }
                     if let Some(Ok(response)) = item {
                         let heard = heard.lock().expect("lock");
                         match response.kind() {
@@ -200,6 +207,7 @@ impl RabbitEngine {
             port,
             prefix: format!("test.{}.", unique(name)),
             private,
+            connection: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -213,9 +221,17 @@ impl RabbitEngine {
         self.port
     }
 
-    /// A connection to the engine's node.
-    pub async fn connection(&self) -> Connection {
-        Connection::open(self.port).await
+    /// The engine's connection to its node, made when there is none (or it
+    /// closed); one user at a time.
+    pub async fn connection(&self) -> tokio::sync::MappedMutexGuard<'_, Connection> {
+        let mut held = self.connection.lock().await;
+        if held
+            .as_ref()
+            .is_none_or(|c| c.heard.lock().expect("lock").closed)
+        {
+            *held = Some(Connection::open(self.port).await);
+        }
+        tokio::sync::MutexGuard::map(held, |c| c.as_mut().expect("connected"))
     }
 
     /// Publishes one message; its offset.
@@ -402,6 +418,7 @@ impl Engine for RabbitEngine {
     }
 
     async fn restart(&mut self) {
+        *self.connection.get_mut() = None;
         let private = self.private.as_mut().expect("a private RabbitMQ");
         private.restart().await;
     }
