@@ -469,6 +469,9 @@ impl Engine for RabbitEngine {
     }
 }
 
+/// The server's start script (Debian's place for it).
+const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
 /// A private RabbitMQ node with the stream plugin on free ports.
 #[derive(Debug)]
 pub struct PrivateRabbit {
@@ -508,6 +511,8 @@ impl PrivateRabbit {
         let plugins = dir.join("enabled_plugins");
         std::fs::write(&plugins, "[rabbitmq_stream].\n").expect("a plugins file");
         let env: Vec<(&str, OsString)> = vec![
+            // Its own Erlang cookie.
+            ("HOME", dir.clone().into()),
             ("RABBITMQ_NODENAME", self.node.clone().into()),
             ("RABBITMQ_NODE_PORT", self.private.port.to_string().into()),
             ("RABBITMQ_DIST_PORT", self.dist_port.to_string().into()),
@@ -527,8 +532,11 @@ impl PrivateRabbit {
         ];
         let port = self.stream_port;
         let ready = || async move { Connection::try_open(port).await.is_some() };
+        // The script itself, as the test's user: Debian's
+        // /usr/sbin/rabbitmq-server runs it under `su rabbitmq`, whose child
+        // would outlive a kill of `su`.
         self.private
-            .start_with("rabbitmq-server", &[], &env, ready)
+            .start_with(SERVER, &[], &env, ready)
             .await;
     }
 
