@@ -72,6 +72,21 @@ impl Private {
         .await;
     }
 
+    /// Stops the server with SIGTERM and waits until it exited (a server
+    /// that goes away cleanly, for brokers that need it to come back whole);
+    /// then as [`kill`](Self::kill).
+    pub async fn terminate(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+                let _ = tokio::time::timeout(RESTART_BOUND, child.wait()).await;
+            }
+        }
+        self.kill().await;
+    }
+
     /// Kills the server; a server without persistence gets a new, empty
     /// data directory.
     pub async fn kill(&mut self) {
