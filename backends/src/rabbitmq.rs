@@ -1144,3 +1144,123 @@ impl Publisher for RabbitMqPublisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_offsets_after_first() {
+        assert_eq!(Offset::parse("first"), Some(Offset::default()));
+        assert_eq!(Offset::parse("0"), Some(Offset::at(0)));
+        assert!(Offset::default() < Offset::at(0));
+        assert!(Offset::at(9) < Offset::at(10));
+        assert_eq!(Offset::at(42).to_string(), "42");
+        assert_eq!(Offset::default().to_string(), "first");
+        assert_eq!(Offset::at(7).offset(), Some(7));
+        assert_eq!(Offset::default().next(), 0);
+        assert_eq!(Offset::at(7).next(), 8);
+        let max = u64::MAX.to_string();
+        for bad in ["", "-1", "+1", "1-0", "x", "First", max.as_str()] {
+            assert_eq!(Offset::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bounds_from_the_first_and_last_chunks() {
+        let chunk = |first, count| Chunk {
+            first,
+            messages: vec![Message::builder().body("x").build(); count],
+        };
+        assert_eq!(bounds_of(None), Bounds::default());
+        let whole = bounds_of(Some(&(chunk(0, 2), chunk(5, 3))));
+        assert_eq!(whole.end, Some(Offset::at(7)));
+        assert_eq!(whole.gone, None, "offset 0 is still there");
+        let trimmed = bounds_of(Some(&(chunk(4, 1), chunk(4, 1))));
+        assert_eq!(
+            (trimmed.end, trimmed.gone),
+            (Some(Offset::at(4)), Some(Offset::at(3)))
+        );
+    }
+
+    #[test]
+    fn validation_names_every_problem() {
+        let config = RabbitMqConfig {
+            stream: "rooms.{room}".into(),
+            ..RabbitMqConfig::default()
+        };
+        let keys: Vec<_> = config.validate().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["allow"]);
+        let config = RabbitMqConfig {
+            host: String::new(),
+            port: 0,
+            user: String::new(),
+            vhost: String::new(),
+            stream: "amq.{room".into(),
+            name_property: String::new(),
+            create: Some(Retention {
+                max_length_bytes: Some(0),
+                max_age: Some(Duration::from_millis(10)),
+                max_segment_size_bytes: Some(8),
+            }),
+            connect_timeout: Duration::ZERO,
+            buffer: 0,
+            ..RabbitMqConfig::default()
+        };
+        let keys: Vec<_> = config.validate().into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "host",
+                "port",
+                "user",
+                "vhost",
+                "stream",
+                "name_property",
+                "create.max_length_bytes",
+                "create.max_age",
+                "create.max_segment_size_bytes",
+                "connect_timeout",
+                "buffer"
+            ]
+        );
+        let good = RabbitMqConfig {
+            stream: "rooms.{room}".into(),
+            allow: Some("rooms.*".into()),
+            create: Some(Retention {
+                max_age: Some(Duration::from_secs(3600)),
+                ..Retention::default()
+            }),
+            ..RabbitMqConfig::default()
+        };
+        assert!(good.validate().is_empty(), "{:?}", good.validate());
+        let arguments = good.create.as_ref().map(Retention::arguments);
+        assert_eq!(
+            arguments,
+            Some([("max-age".to_string(), "3600s".to_string())].into())
+        );
+    }
+
+    #[test]
+    fn keys_come_from_the_path_within_the_pattern() {
+        let rabbitmq = RabbitMq::new(&RabbitMqConfig {
+            stream: "rooms.{room}".into(),
+            allow: Some("rooms.*".into()),
+            ..RabbitMqConfig::default()
+        });
+        let ctx = |room: &str| RequestContext {
+            params: [("room".to_string(), room.to_string())].into(),
+            ..RequestContext::default()
+        };
+        assert_eq!(rabbitmq.key(&ctx("lobby")), Ok("rooms.lobby".to_string()));
+        for bad in ["", "a\nb"] {
+            let refused = rabbitmq.key(&ctx(bad)).map_err(|e| e.kind);
+            assert_eq!(refused, Err(ErrorKind::BadRequest), "{bad:?}");
+        }
+        let long = "x".repeat(300);
+        assert_eq!(
+            rabbitmq.key(&ctx(&long)).map_err(|e| e.kind),
+            Err(ErrorKind::BadRequest)
+        );
+    }
+}

@@ -387,6 +387,7 @@ mod tests {
         for (broker, bytes) in [
             ("redis", size::<crate::redis::Redis>()),
             ("nats", size::<crate::nats::Nats>()),
+            ("rabbitmq", size::<crate::rabbitmq::RabbitMq>()),
         ] {
             assert!(bytes <= 1024, "{broker}: {bytes} bytes per client");
         }
