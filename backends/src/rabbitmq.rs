@@ -64,7 +64,7 @@ use rabbitmq_stream_client::types::{
 };
 use rabbitmq_stream_client::{Client, ClientOptions};
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::bus::key::{self, Glob, Template};
 use crate::bus::{Bounds, Broker, Bus, Entry, Feed, Limits, Page};
@@ -82,6 +82,11 @@ const GRACE: Duration = Duration::from_millis(250);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait before a reader subscribes again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Bounds probes at once on the shared connection (two subscriptions each).
+const PROBES: usize = 100;
+/// History reads, pages and publishes at once on the shared connection
+/// (one subscription each, beside a page's probes).
+const READS: usize = 50;
 /// What the origin (before offset 0) is called in ids.
 const FIRST: &str = "first";
 
@@ -682,6 +687,11 @@ pub struct RabbitMq {
     allow: Option<Glob>,
     name_property: String,
     create: Option<Retention>,
+    /// Bounds probes at once (two subscriptions each) and other reads at
+    /// once (one each) on the shared connection, within its 256
+    /// subscriptions: more wait for their turn rather than fail.
+    probes: Arc<Semaphore>,
+    reads: Arc<Semaphore>,
     stats: BackendStats,
 }
 
@@ -712,6 +722,8 @@ impl RabbitMq {
             allow: config.allow.as_deref().map(Glob::new),
             name_property: config.name_property.clone(),
             create: config.create.clone(),
+            probes: Arc::new(Semaphore::new(PROBES)),
+            reads: Arc::new(Semaphore::new(READS)),
             stats: BackendStats::new("rabbitmq"),
         }
     }
@@ -774,6 +786,7 @@ impl RabbitMq {
     /// The stream's first chunk and last chunk now (`None` when it is
     /// empty).
     async fn ends(&self, stream: &str) -> Result<Option<(Chunk, Chunk)>, BackendError> {
+        let _turn = self.probes.acquire().await.map_err(|e| unavailable("probing", e))?;
         let (session, mut first) = self.subscribe(stream, OffsetSpecification::First).await?;
         let mut last = session.subscribe(stream, OffsetSpecification::Last).await?;
         // A stream with messages delivers a chunk to each right after
@@ -831,6 +844,7 @@ impl RabbitMq {
         end: u64,
         mut each: impl FnMut(Entry<Offset>) -> bool,
     ) -> Result<(), BackendError> {
+        let _turn = self.reads.acquire().await.map_err(|e| unavailable("reading", e))?;
         let (_session, mut subscription) = self
             .subscribe(stream, OffsetSpecification::Offset(start))
             .await?;
@@ -1120,6 +1134,11 @@ impl Publisher for RabbitMqPublisher {
                 .message_builder();
         }
         // Subscribed at the end before publishing: the message comes by.
+        let _turn = rabbitmq
+            .reads
+            .acquire()
+            .await
+            .map_err(|e| unavailable("publishing", e))?;
         let (session, mut subscription) = rabbitmq
             .subscribe(&stream, OffsetSpecification::Next)
             .await?;
