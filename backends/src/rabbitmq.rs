@@ -692,8 +692,15 @@ pub struct RabbitMq {
     /// subscriptions: more wait for their turn rather than fail.
     probes: Arc<Semaphore>,
     reads: Arc<Semaphore>,
+    /// The bounds probe of each stream in flight: callers that come while
+    /// one runs share its answer (a thousand clients joining a stream at
+    /// once make one probe, not a thousand).
+    inflight: Mutex<HashMap<String, Arc<Probe>>>,
     stats: BackendStats,
 }
+
+/// A bounds probe whose answer its callers share.
+type Probe = tokio::sync::OnceCell<Result<Bounds<Offset>, BackendError>>;
 
 impl fmt::Debug for RabbitMq {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -724,6 +731,7 @@ impl RabbitMq {
             create: config.create.clone(),
             probes: Arc::new(Semaphore::new(PROBES)),
             reads: Arc::new(Semaphore::new(READS)),
+            inflight: Mutex::new(HashMap::new()),
             stats: BackendStats::new("rabbitmq"),
         }
     }
@@ -786,7 +794,11 @@ impl RabbitMq {
     /// The stream's first chunk and last chunk now (`None` when it is
     /// empty).
     async fn ends(&self, stream: &str) -> Result<Option<(Chunk, Chunk)>, BackendError> {
-        let _turn = self.probes.acquire().await.map_err(|e| unavailable("probing", e))?;
+        let _turn = self
+            .probes
+            .acquire()
+            .await
+            .map_err(|e| unavailable("probing", e))?;
         let (session, mut first) = self.subscribe(stream, OffsetSpecification::First).await?;
         let mut last = session.subscribe(stream, OffsetSpecification::Last).await?;
         // A stream with messages delivers a chunk to each right after
@@ -844,7 +856,11 @@ impl RabbitMq {
         end: u64,
         mut each: impl FnMut(Entry<Offset>) -> bool,
     ) -> Result<(), BackendError> {
-        let _turn = self.reads.acquire().await.map_err(|e| unavailable("reading", e))?;
+        let _turn = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|e| unavailable("reading", e))?;
         let (_session, mut subscription) = self
             .subscribe(stream, OffsetSpecification::Offset(start))
             .await?;
@@ -923,7 +939,19 @@ impl Broker for RabbitMq {
     }
 
     async fn bounds(&self, stream: &str) -> Result<Bounds<Offset>, BackendError> {
-        Ok(bounds_of(self.ends(stream).await?.as_ref()))
+        let probe = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(inflight.entry(stream.to_string()).or_default())
+        };
+        let answer = probe
+            .get_or_init(|| async { Ok(bounds_of(self.ends(stream).await?.as_ref())) })
+            .await
+            .clone();
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if inflight.get(stream).is_some_and(|p| Arc::ptr_eq(p, &probe)) {
+            inflight.remove(stream);
+        }
+        answer
     }
 
     async fn history(
@@ -968,8 +996,9 @@ impl Broker for RabbitMq {
         })
         .await?;
         let read = entries.last().map_or(after, |e| e.position);
-        // After the entries: what went between the two is announced.
-        let gone = self.bounds(stream).await?.gone;
+        // After the entries, a probe of its own (not one that began before
+        // them): what went between the two is announced.
+        let gone = bounds_of(self.ends(stream).await?.as_ref()).gone;
         Ok(Page {
             entries,
             more: read < end,
