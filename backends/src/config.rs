@@ -11,6 +11,7 @@ use crate::http::{Http, HttpConfig};
 use crate::nats::NatsConfig;
 use crate::postgres::PostgresConfig;
 use crate::problem::Problem;
+use crate::rabbitmq::RabbitMqConfig;
 use crate::redis::RedisConfig;
 use crate::ticker::{Ticker, TickerConfig};
 
@@ -40,6 +41,9 @@ pub enum BackendConfig {
     /// Rows of a PostgreSQL table, shared by every client of a key (see
     /// [`crate::postgres`]).
     Postgres(PostgresConfig),
+    /// A RabbitMQ stream per key, shared by every client of a key (see
+    /// [`crate::rabbitmq`]).
+    Rabbitmq(RabbitMqConfig),
     /// A program's output, a line per event (see [`crate::command`]).
     Command(CommandConfig),
     /// An upstream URL that streams SSE, NDJSON or lines (see [`crate::http`]).
@@ -56,6 +60,7 @@ impl BackendConfig {
             Self::Redis(c) => c.validate(),
             Self::Nats(c) => c.validate(),
             Self::Postgres(c) => c.validate(),
+            Self::Rabbitmq(c) => c.validate(),
             Self::Command(c) => c.validate(),
             Self::Http(c) => c.validate(),
         }
@@ -69,6 +74,7 @@ impl BackendConfig {
             Self::Redis(c) => Arc::new(c.build()),
             Self::Nats(c) => Arc::new(c.build()),
             Self::Postgres(c) => Arc::new(c.build()),
+            Self::Rabbitmq(c) => Arc::new(c.build()),
             Self::Command(c) => Arc::new(Command::new(c.clone())),
             Self::Http(c) => Arc::new(Http::new(c.clone())),
         }

@@ -56,6 +56,7 @@ pub mod nats;
 pub mod postgres;
 pub mod problem;
 pub mod publish;
+pub mod rabbitmq;
 pub mod redis;
 pub mod stats;
 #[cfg(feature = "testing")]

@@ -16,6 +16,7 @@ use crate::json::{self, Key, Scalar, Shape};
 use crate::nats::{NatsPublisher, NatsTarget};
 use crate::postgres::{PostgresPublisher, PostgresTarget};
 use crate::problem::Problem;
+use crate::rabbitmq::{RabbitMqPublisher, RabbitMqTarget};
 use crate::redis::{RedisPublisher, RedisTarget};
 use crate::{BackendError, Data, JsonBody, RequestContext};
 
@@ -122,6 +123,8 @@ pub enum PublisherConfig {
     Nats(NatsTarget),
     /// A PostgreSQL table (what a `postgres` backend reads).
     Postgres(PostgresTarget),
+    /// A RabbitMQ stream (what a `rabbitmq` backend reads).
+    Rabbitmq(RabbitMqTarget),
 }
 
 impl PublisherConfig {
@@ -131,6 +134,7 @@ impl PublisherConfig {
             Self::Redis(c) => c.validate(),
             Self::Nats(c) => c.validate(),
             Self::Postgres(c) => c.validate(),
+            Self::Rabbitmq(c) => c.validate(),
         }
     }
 
@@ -140,6 +144,7 @@ impl PublisherConfig {
             Self::Redis(c) => Arc::new(RedisPublisher::new(c)),
             Self::Nats(c) => Arc::new(NatsPublisher::new(c)),
             Self::Postgres(c) => Arc::new(PostgresPublisher::new(c)),
+            Self::Rabbitmq(c) => Arc::new(RabbitMqPublisher::new(c)),
         }
     }
 }

@@ -1,10 +1,11 @@
 //! Two `gateway` processes on one bus, as the README's two-instance setups
 //! run them (`config/examples/redis-rooms.toml`,
-//! `config/examples/postgres-rooms.toml`): an event published once through
+//! `config/examples/postgres-rooms.toml`,
+//! `config/examples/rabbitmq-rooms.toml`): an event published once through
 //! one instance's publish route reaches clients of both, and a client that
 //! left resumes on the *other* process with exactly what it missed. Needs
-//! Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (`.ci/run`
-//! starts them).
+//! Redis on 127.0.0.1:6379, PostgreSQL on 127.0.0.1:5432 and RabbitMQ's
+//! stream port on 127.0.0.1:5552 (`.ci/run` starts them).
 
 #![cfg(unix)]
 
@@ -87,6 +88,11 @@ async fn two_processes_on_redis() {
 #[tokio::test]
 async fn two_processes_on_postgres() {
     two_processes_serve_one_stream_and_a_client_resumes_on_the_other("postgres-rooms.toml").await;
+}
+
+#[tokio::test]
+async fn two_processes_on_rabbitmq() {
+    two_processes_serve_one_stream_and_a_client_resumes_on_the_other("rabbitmq-rooms.toml").await;
 }
 
 async fn two_processes_serve_one_stream_and_a_client_resumes_on_the_other(example: &str) {

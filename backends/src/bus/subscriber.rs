@@ -388,6 +388,7 @@ mod tests {
             ("redis", size::<crate::redis::Redis>()),
             ("nats", size::<crate::nats::Nats>()),
             ("postgres", size::<crate::postgres::Postgres>()),
+            ("rabbitmq", size::<crate::rabbitmq::RabbitMq>()),
         ] {
             assert!(bytes <= 1024, "{broker}: {bytes} bytes per client");
         }

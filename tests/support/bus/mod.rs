@@ -23,6 +23,7 @@ use crate::{TestServer, client, ndjson_lines, take_events, within_for};
 pub mod nats;
 pub mod postgres;
 pub mod private;
+pub mod rabbitmq;
 pub mod redis;
 pub mod suite;
 

@@ -44,8 +44,20 @@ impl Private {
         args: &[std::ffi::OsString],
         ready: impl Fn() -> F,
     ) {
+        self.start_with(program, args, &[], ready).await;
+    }
+
+    /// [`start`](Self::start) with these environment variables too.
+    pub async fn start_with<F: Future<Output = bool>>(
+        &mut self,
+        program: &str,
+        args: &[std::ffi::OsString],
+        env: &[(&str, std::ffi::OsString)],
+        ready: impl Fn() -> F,
+    ) {
         let child = tokio::process::Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -58,6 +70,21 @@ impl Private {
             }
         })
         .await;
+    }
+
+    /// Stops the server with SIGTERM and waits until it exited (a server
+    /// that goes away cleanly, for brokers that need it to come back whole);
+    /// then as [`kill`](Self::kill).
+    pub async fn terminate(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+                let _ = tokio::time::timeout(RESTART_BOUND, child.wait()).await;
+            }
+        }
+        self.kill().await;
     }
 
     /// Kills the server; a server without persistence gets a new, empty

@@ -1,0 +1,147 @@
+//! What only the `rabbitmq` backend does, against the real RabbitMQ with its
+//! stream plugin on 127.0.0.1:5552: one subscription per stream per
+//! gateway, offsets as ids with `first` before them, a producer's own
+//! messages (body and application property), and streams declared only
+//! with `create`. Everything every bus backend does is in the conformance
+//! suite (`tests/bus.rs`); two gateway processes on the example config are
+//! in `gateway/tests/instances.rs`.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use gateway_tests::bus::rabbitmq::RabbitEngine;
+use gateway_tests::bus::{
+    Engine, gateway, gateway_with, lines, publish, refused, request, take, within,
+};
+use gateway_tests::{client, numbers as ns, sse_events};
+use rabbitmq_stream_client::types::Message;
+use serde_json::json;
+
+/// The stream's subscriptions on the shared node, as `rabbitmq-streams`
+/// lists them; `None` when the listing failed (RabbitMQ 3.10's listing
+/// fails while a connection is in its handshake).
+fn subscriptions(stream: &str) -> Option<usize> {
+    let listed = std::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmq-streams")
+        .args([
+            "list_stream_consumers",
+            "-q",
+            "--formatter",
+            "json",
+            "stream",
+        ])
+        // The node's Erlang cookie.
+        .env("HOME", "/var/lib/rabbitmq")
+        .output()
+        .expect("rabbitmq-streams");
+    if !listed.status.success() {
+        return None;
+    }
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).ok()?;
+    Some(listed.iter().filter(|c| c["stream"] == stream).count())
+}
+
+#[tokio::test]
+async fn one_subscription_per_stream_per_gateway_ended_with_its_last_client() {
+    let engine = RabbitEngine::shared("one").await;
+    publish(&engine, "lobby", 0..1).await;
+    // Heartbeats make the gateway write, and so notice clients that left.
+    let beats = json!({"heartbeat": "200ms"});
+    let a = gateway(&engine, json!({}), beats.clone()).await;
+    let b = gateway(&engine, json!({}), beats).await;
+    let on_a = lines(&a, "lobby", None).await;
+    let also_on_a = lines(&a, "lobby", None).await;
+    let on_b = lines(&b, "lobby", None).await;
+    let stream = engine.stream("lobby");
+    within("one subscription per gateway", async {
+        while subscriptions(&stream) != Some(2) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    drop((on_a, also_on_a, on_b));
+    within("the subscriptions end", async {
+        while subscriptions(&stream) != Some(0) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ids_are_offsets_and_first_comes_before_them() {
+    let engine = RabbitEngine::shared("ids").await;
+    let ids = publish(&engine, "r", 0..3).await;
+    assert_eq!(ids, ["0", "1", "2"], "a new stream's offsets");
+    let server = gateway(&engine, json!({}), json!({})).await;
+    let response = within(
+        "an SSE stream",
+        client()
+            .get(server.url("/s/r?format=sse"))
+            .header("last-event-id", "first")
+            .send(),
+    )
+    .await
+    .expect("request");
+    let mut events = sse_events(response);
+    for id in &ids {
+        let event = within("an event", events.next()).await.expect("event");
+        assert_eq!(&event.id, id);
+    }
+    let mut after = lines(&server, "r", Some("1")).await;
+    assert_eq!(ns(&take(&mut after, 1).await), [2]);
+}
+
+#[tokio::test]
+async fn a_producers_message_is_its_body_named_by_an_application_property() {
+    let engine = RabbitEngine::shared("producer").await;
+    let server = gateway(&engine, json!({}), json!({})).await;
+    let response = within(
+        "an SSE stream",
+        client().get(server.url("/s/p?format=sse")).send(),
+    )
+    .await
+    .expect("request");
+    let mut events = sse_events(response);
+    let named = Message::builder()
+        .body(r#"{"text": "hi"}"#)
+        .application_properties()
+        .insert("event", "greeting")
+        .message_builder()
+        .build();
+    let offset = engine.publish_message("p", named).await;
+    let plain = Message::builder().body("just text").build();
+    engine.publish_message("p", plain).await;
+    let event = within("an event", events.next()).await.expect("event");
+    assert_eq!(
+        (event.id, event.event.as_str(), event.data.as_str()),
+        (offset.to_string(), "greeting", r#"{"text":"hi"}"#)
+    );
+    let event = within("an event", events.next()).await.expect("event");
+    assert_eq!(
+        (event.event.as_str(), event.data.as_str()),
+        ("message", "just text")
+    );
+}
+
+#[tokio::test]
+async fn a_missing_stream_is_404_unless_create_declares_it() {
+    let engine = RabbitEngine::shared("missing").await;
+    let mut without = engine.backend();
+    without.as_object_mut().expect("a table").remove("create");
+    let strict = gateway_with(without, engine.target(), json!({}), json!({})).await;
+    let (status, body) = refused(&strict, "nobody", None).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (404, &json!("not_found")),
+        "{body}"
+    );
+    // With `create` the first reader declares it and waits on it.
+    let server = gateway(&engine, json!({}), json!({})).await;
+    let response = request(&server, "nobody", None).await;
+    assert_eq!(response.status(), 200);
+    let mut got = gateway_tests::ndjson_lines(response);
+    publish(&engine, "nobody", 0..1).await;
+    assert_eq!(ns(&take(&mut got, 1).await), [0]);
+    // Now it exists, the strict gateway reads it too.
+    assert_eq!(request(&strict, "nobody", None).await.status(), 200);
+}
