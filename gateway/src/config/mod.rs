@@ -16,8 +16,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
-use backends::BackendConfig;
 use backends::publish::PublisherConfig;
+use backends::{BackendConfig, Shown};
 use serde::Deserialize;
 
 pub use auth::{
@@ -790,11 +790,26 @@ impl RouteConfig {
     }
 }
 
+/// The most `{` a path may hold (its parameters; the router panics past
+/// 26).
+pub const MAX_PATH_PARAMS: usize = 16;
+
+/// Whether the router can take `path` without panicking.
+fn few_enough_params(path: &str) -> bool {
+    path.matches('{').count() <= MAX_PATH_PARAMS
+}
+
 /// Checks a route path before it reaches the router, which would otherwise
 /// refuse it later.
 fn check_path(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err(format!("{path:?} must start with `/`"));
+    }
+    if !few_enough_params(path) {
+        return Err(format!(
+            "{}: at most {MAX_PATH_PARAMS} parameters (`{{`)",
+            Shown(path)
+        ));
     }
     if path == HEALTH_PATH {
         return Err(format!("{HEALTH_PATH} is the gateway's health check"));
@@ -835,7 +850,7 @@ fn metrics_path_taken(
 ) -> Option<String> {
     let matches = |pattern: &str| {
         let mut router = matchit::Router::new();
-        router.insert(pattern, ()).is_ok() && router.at(path).is_ok()
+        few_enough_params(pattern) && router.insert(pattern, ()).is_ok() && router.at(path).is_ok()
     };
     let route = routes
         .iter()
@@ -1003,5 +1018,34 @@ mod tests {
         let err = check_path("/jobs/:id").unwrap_err();
         assert!(err.contains("{name}"), "{err}");
         assert!(check_path("/jobs/{id}/{*rest}").is_ok());
+    }
+
+    /// Found by the `config` fuzz target: a path with more than 26
+    /// parameters made the router panic while the config was validated.
+    #[test]
+    fn a_path_with_too_many_parameters_is_a_problem_not_a_panic() {
+        let many: String = (0..27).map(|i| format!("/{{p{i}}}")).collect();
+        let err = check_path(&many).unwrap_err();
+        assert!(err.contains("at most 16 parameters"), "{err}");
+        let sixteen: String = (0..16).map(|i| format!("/{{p{i}}}")).collect();
+        assert!(check_path(&sixteen).is_ok());
+
+        let text = format!(
+            "[server.metrics]\npath = \"/metrics\"\ntokens = [\"metrics-token-0123456789\"]\n\
+             [routes.many]\npath = \"{many}\"\n[routes.many.backends.d]\ntype = \"demo\"\n\
+             [publish.many]\npath = \"/p{many}\"\ntokens = [\"publish-token-0123456789\"]\n\
+             [publish.many.target]\ntype = \"redis\"\nstream = \"s\"\n"
+        );
+        let err = load::load(
+            load::Source::Text {
+                origin: "many.toml",
+                text: &text,
+            },
+            Some(Default::default()),
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"routes.many.path"), "{err}");
+        assert!(keys.contains(&"publish.many.path"), "{err}");
     }
 }
