@@ -13,7 +13,7 @@ use gateway_tests::bus::rabbitmq::RabbitEngine;
 use gateway_tests::bus::{
     Engine, gateway, gateway_with, lines, publish, refused, request, take, within,
 };
-use gateway_tests::{client, numbers as ns, sse_events};
+use gateway_tests::{client, numbers as ns, sse_events, within_for};
 use rabbitmq_stream_client::types::Message;
 use serde_json::json;
 
@@ -40,6 +40,9 @@ fn subscriptions(stream: &str) -> Option<usize> {
     Some(listed.iter().filter(|c| c["stream"] == stream).count())
 }
 
+/// How long the CLI's listing may take to show a count.
+const LISTING: Duration = Duration::from_secs(90);
+
 #[tokio::test]
 async fn one_subscription_per_stream_per_gateway_ended_with_its_last_client() {
     let engine = RabbitEngine::shared("one").await;
@@ -52,14 +55,17 @@ async fn one_subscription_per_stream_per_gateway_ended_with_its_last_client() {
     let also_on_a = lines(&a, "lobby", None).await;
     let on_b = lines(&b, "lobby", None).await;
     let stream = engine.stream("lobby");
-    within("one subscription per gateway", async {
+    // Each listing starts an Erlang VM for the CLI: seconds on a loaded
+    // machine (10 s was not enough for three of them under load), so the
+    // bound is generous; the wait ends at the first right count.
+    within_for(LISTING, "one subscription per gateway", async {
         while subscriptions(&stream) != Some(2) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await;
     drop((on_a, also_on_a, on_b));
-    within("the subscriptions end", async {
+    within_for(LISTING, "the subscriptions end", async {
         while subscriptions(&stream) != Some(0) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
