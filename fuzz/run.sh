@@ -34,8 +34,11 @@ for target in "${targets[@]}"; do
   [ -n "$runs" ] && limit=(-runs="$runs")
   dict=()
   [ "$target" = http_head ] && dict=(-dict=dict/http.dict)
-  echo "fuzzing $target (${runs:+$runs runs}${runs:-$seconds s})"
-  if ! cargo +nightly fuzz run --release --debug-assertions --sanitizer none "$target" "corpus/$target" -- \
+  if [ -n "$runs" ]; then echo "fuzzing $target ($runs runs)"; else echo "fuzzing $target ($seconds s)"; fi
+  # Inputs that once failed (fuzz/regressions/TARGET) run first, every time.
+  extra=()
+  [ -d "regressions/$target" ] && extra=("regressions/$target")
+  if ! cargo +nightly fuzz run --release --debug-assertions --sanitizer none "$target" "corpus/$target" "${extra[@]}" -- \
     "${limit[@]}" "${dict[@]}" -max_len="$(max_len "$target")" -rss_limit_mb=2048 \
     -timeout=10 -print_final_stats=1 >"logs/$target.log" 2>&1; then
     tail -n 40 "logs/$target.log"
