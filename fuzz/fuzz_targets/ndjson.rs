@@ -2,14 +2,13 @@
 //! back its data (and, in the envelope, its id, name and source) exactly.
 #![no_main]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use backends::{Data, Event};
+use backends::Event;
 use bytes::BytesMut;
 use gateway::Format;
 use gateway::encode::{CloseReason, Encoder};
-use gateway_fuzz::{fields, flags};
+use gateway_fuzz::{event_of, fields, flags};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -21,21 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let events: Vec<Event> = f
         .chunks(4)
         .enumerate()
-        .map(|(i, f)| {
-            let flags = flags >> (i % 2);
-            let data = match serde_json::from_str::<Value>(&f[2]) {
-                Ok(value) if flags & 4 != 0 => Data::json(&value),
-                _ => Data::text(f[2].as_str()),
-            };
-            let mut event = Event::new(data).with_source(Arc::from(f[3].as_str()));
-            if flags & 1 != 0 {
-                event = event.with_id(f[0].as_str());
-            }
-            if flags & 2 != 0 {
-                event = event.with_name(f[1].as_str());
-            }
-            event
-        })
+        .map(|(i, f)| event_of(flags >> (i % 2), f))
         .collect();
     let mut buf = BytesMut::new();
     encoder.preamble(&mut buf);

@@ -5,16 +5,15 @@
 //! no more and no fewer, and the closing event carries the last id.
 #![no_main]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use backends::{Data, Event};
+use backends::Event;
 use bytes::BytesMut;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use gateway::Format;
 use gateway::encode::{CloseReason, Encoder};
-use gateway_fuzz::{fields, flags};
+use gateway_fuzz::{event_of, fields, flags};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -26,21 +25,6 @@ fn single_line(value: &str) -> String {
 /// What a client joins `data` lines into.
 fn lines_joined(data: &str) -> String {
     data.replace("\r\n", "\n").replace('\r', "\n")
-}
-
-fn event_of(flags: u8, f: &[String]) -> Event {
-    let data = match serde_json::from_str::<Value>(&f[2]) {
-        Ok(value) if flags & 4 != 0 => Data::json(&value),
-        _ => Data::text(f[2].as_str()),
-    };
-    let mut event = Event::new(data).with_source(Arc::from(f[3].as_str()));
-    if flags & 1 != 0 {
-        event = event.with_id(f[0].as_str());
-    }
-    if flags & 2 != 0 {
-        event = event.with_name(f[1].as_str());
-    }
-    event
 }
 
 fuzz_target!(|data: &[u8]| {
