@@ -9,10 +9,14 @@
 //! ```
 //!
 //! - The program and its arguments come from the config only, never from
-//!   the request. The route's path parameters reach it as environment
-//!   variables `GATEWAY_PARAM_<NAME>` (`/jobs/{id}` gives
-//!   `GATEWAY_PARAM_ID`), which a shell does not interpret unless the
-//!   program asks it to.
+//!   the request. The request reaches it as data: path parameters as
+//!   environment variables `GATEWAY_PARAM_<NAME>` (`/jobs/{id}` gives
+//!   `GATEWAY_PARAM_ID`), query parameters as `GATEWAY_QUERY_<NAME>` (the
+//!   first value of each; a name other than letters, digits and `_` is a
+//!   400), a durable job's id as `GATEWAY_JOB_ID`, and the request's JSON
+//!   body (bounded by `server.max_body_bytes`) on its standard input, which
+//!   is closed after it (empty without a body). A shell does not interpret
+//!   any of them unless the program asks it to.
 //! - Each line is an event with the line's number as its id. The program
 //!   runs once per request: a client that reconnects with `Last-Event-ID` is
 //!   answered 204 (a browser's `EventSource` then stops), never a second
@@ -185,10 +189,28 @@ impl Backend for Command {
                 ),
             ));
         };
-        if ctx.params.values().any(|v| v.contains('\0')) {
+        let values = ctx.params.values().chain(ctx.query.iter().map(|(_, v)| v));
+        if values.into_iter().any(|v| v.contains('\0')) {
             return Err(BackendError::bad_request(
-                "a path parameter holds a NUL byte, which no program can be given",
+                "a path or query parameter holds a NUL byte, which no program can be given",
             ));
+        }
+        // Query parameters become variables when their names can be.
+        let mut query: BTreeMap<String, &str> = BTreeMap::new();
+        for (name, value) in &ctx.query {
+            let plain = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !plain {
+                return Err(BackendError::bad_request(format!(
+                    "query parameter {} cannot be given to a program: names are 1 to 64 letters, digits or '_'",
+                    crate::Shown(name)
+                )));
+            }
+            // The first value counts, as `RequestContext::query_param` reads.
+            query
+                .entry(format!("GATEWAY_QUERY_{}", name.to_ascii_uppercase()))
+                .or_insert(value);
         }
         let Some((program, args)) = self.config.command.split_first() else {
             return Err(BackendError::new(
@@ -212,7 +234,13 @@ impl Backend for Command {
                     value,
                 )
             }))
-            .stdin(Stdio::null())
+            .envs(query)
+            .envs(ctx.job.iter().map(|job| ("GATEWAY_JOB_ID", job)))
+            .stdin(if ctx.body.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(if self.config.log_stderr {
                 Stdio::piped()
@@ -231,6 +259,16 @@ impl Backend for Command {
                 format!("cannot start {program:?}: {e}"),
             )
         })?;
+        if let (Some(mut stdin), Some(body)) = (child.stdin.take(), ctx.body.clone()) {
+            // Written beside the reading (a program may write before it has
+            // read it all), then closed: the program sees its end.
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                if let Err(e) = stdin.write_all(body.as_str().as_bytes()).await {
+                    tracing::debug!(error = %e, "The command did not read all of its request body");
+                }
+            });
+        }
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(log_lines(
                 stderr,

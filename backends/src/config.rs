@@ -5,14 +5,17 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::Backend;
+use crate::bus::{Broker, Bus, BusLog};
 use crate::command::{Command, CommandConfig};
 use crate::demo::{Demo, DemoConfig};
+use crate::durable::JobLog;
 use crate::http::{Http, HttpConfig};
-use crate::nats::NatsConfig;
-use crate::postgres::PostgresConfig;
+use crate::nats::{NatsConfig, NatsPublisher};
+use crate::postgres::{PostgresConfig, PostgresPublisher};
 use crate::problem::Problem;
-use crate::rabbitmq::RabbitMqConfig;
-use crate::redis::RedisConfig;
+use crate::publish::Publisher;
+use crate::rabbitmq::{RabbitMqConfig, RabbitMqPublisher};
+use crate::redis::{RedisConfig, RedisPublisher};
 use crate::ticker::{Ticker, TickerConfig};
 
 /// One backend of a route, selected by its `type`:
@@ -77,6 +80,22 @@ impl BackendConfig {
             Self::Rabbitmq(c) => Arc::new(c.build()),
             Self::Command(c) => Arc::new(Command::new(c.clone())),
             Self::Http(c) => Arc::new(Http::new(c.clone())),
+        }
+    }
+
+    /// The backend as a durable job's log (read as the backend reads,
+    /// appended to as its publish target writes), for the bus backends;
+    /// `None` for the others. Call [`validate`](Self::validate) first.
+    pub fn job_log(&self) -> Option<Arc<dyn JobLog>> {
+        fn log<B: Broker>(bus: Bus<B>, publisher: impl Publisher + 'static) -> Arc<dyn JobLog> {
+            Arc::new(BusLog::new(bus, Arc::new(publisher)))
+        }
+        match self {
+            Self::Redis(c) => Some(log(c.build(), RedisPublisher::new(&c.target()))),
+            Self::Nats(c) => Some(log(c.build(), NatsPublisher::new(&c.target()))),
+            Self::Postgres(c) => Some(log(c.build(), PostgresPublisher::new(&c.target()))),
+            Self::Rabbitmq(c) => Some(log(c.build(), RabbitMqPublisher::new(&c.target()))),
+            Self::Demo(_) | Self::Ticker(_) | Self::Command(_) | Self::Http(_) => None,
         }
     }
 }

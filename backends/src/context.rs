@@ -28,6 +28,9 @@ pub struct RequestContext {
     /// Where the client left off: this backend's own part of the request's
     /// `Last-Event-ID` (the gateway splits the cursor of a merged stream).
     pub last_event_id: Option<String>,
+    /// The durable job the request reads (see [`crate::durable`]), named by
+    /// the gateway before the backend opens; `None` on other routes.
+    pub job: Option<String>,
 }
 
 impl RequestContext {

@@ -31,6 +31,8 @@
 //! - One module per backend: [`demo`] (the reference stream), [`ticker`],
 //!   [`command`], [`http`], [`redis`], [`nats`], [`postgres`]; [`publish`] for the routes
 //!   that append to a bus.
+//! - [`durable`]: a producing backend's jobs kept on a bus, so that they
+//!   survive disconnects, deadlines and instance changes.
 //! - `testing` (feature `testing`): mock backends for the gateway's own tests.
 //!
 //! A request flows: the gateway builds a [`RequestContext`], calls
@@ -45,6 +47,7 @@ pub mod command;
 pub mod config;
 pub mod context;
 pub mod demo;
+pub mod durable;
 pub mod env;
 pub mod error;
 pub mod event;

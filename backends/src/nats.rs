@@ -228,6 +228,17 @@ impl NatsConfig {
     pub fn build(&self) -> Bus<Nats> {
         Bus::new(Nats::new(self), self.limits())
     }
+
+    /// The publish target writing what this reads (a durable job's log).
+    pub fn target(&self) -> NatsTarget {
+        NatsTarget {
+            url: self.url.clone(),
+            stream: self.stream.clone(),
+            subject: self.subject.clone(),
+            allow: self.allow.clone(),
+            name_header: self.name_header.clone(),
+        }
+    }
 }
 
 /// Whether `name` can name a JetStream stream.

@@ -212,6 +212,21 @@ impl PostgresConfig {
     pub fn build(&self) -> Bus<Postgres> {
         Bus::new(Postgres::new(self), self.limits())
     }
+
+    /// The publish target writing what this reads (a durable job's log).
+    pub fn target(&self) -> PostgresTarget {
+        PostgresTarget {
+            url: self.url.clone(),
+            table: self.table.clone(),
+            channel: self.channel.clone(),
+            key: self.key.clone(),
+            allow: self.allow.clone(),
+            create: self.create,
+            ordering: self.ordering,
+            connect_timeout: self.connect_timeout,
+            ..PostgresTarget::default()
+        }
+    }
 }
 
 impl Place {

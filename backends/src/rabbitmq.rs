@@ -279,6 +279,22 @@ impl RabbitMqConfig {
     pub fn build(&self) -> Bus<RabbitMq> {
         Bus::new(RabbitMq::new(self), self.limits())
     }
+
+    /// The publish target writing what this reads (a durable job's log).
+    pub fn target(&self) -> RabbitMqTarget {
+        RabbitMqTarget {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            vhost: self.vhost.clone(),
+            stream: self.stream.clone(),
+            allow: self.allow.clone(),
+            name_property: self.name_property.clone(),
+            create: self.create.clone(),
+            connect_timeout: self.connect_timeout,
+        }
+    }
 }
 
 /// Whether `name` can name a stream: at most 255 bytes, not `amq.`

@@ -133,6 +133,18 @@ impl RedisConfig {
     pub fn build(&self) -> Bus<Redis> {
         Bus::new(Redis::new(self), self.limits())
     }
+
+    /// The publish target writing what this reads (a durable job's log).
+    pub fn target(&self) -> RedisTarget {
+        RedisTarget {
+            url: self.url.clone(),
+            stream: self.stream.clone(),
+            allow: self.allow.clone(),
+            field: self.field.clone(),
+            name_field: self.name_field.clone(),
+            ..RedisTarget::default()
+        }
+    }
 }
 
 fn validate_url(url: &str, problems: &mut Vec<Problem>) {
@@ -452,6 +464,19 @@ impl Broker for Redis {
 
     fn stats(&self) -> &BackendStats {
         &self.stats
+    }
+
+    async fn expire(&self, key: &str, after: Duration) -> Result<bool, BackendError> {
+        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.run(|mut c| async move {
+            redis::cmd("PEXPIRE")
+                .arg(key)
+                .arg(ms)
+                .query_async::<i64>(&mut c)
+                .await
+        })
+        .await?;
+        Ok(true)
     }
 }
 

@@ -39,6 +39,8 @@ const ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering")
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const CLOUDFRONT_ID: HeaderName = HeaderName::from_static("x-amz-cf-id");
+/// The durable job a stream reads (see [`backends::durable`]).
+pub const JOB_ID: HeaderName = HeaderName::from_static("gateway-job-id");
 /// Query parameter that can carry `Last-Event-ID` (for clients that cannot
 /// set headers on a reconnect, as `EventSource` polyfills cannot).
 const LAST_EVENT_ID_PARAM: &str = "lastEventId";
@@ -207,6 +209,19 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         // The credential is not the backends' business.
         query.retain(|(k, _)| k != name);
     }
+    if let (Some(durable), &Method::DELETE) = (&route.durable, &parts.method) {
+        let mut context = RequestContext {
+            method: Method::DELETE,
+            path: path.to_string(),
+            params,
+            query,
+            ..RequestContext::default()
+        };
+        durable.identify(&mut context, false)?;
+        let answer = durable.cancel(&context).await?;
+        tracing::info!(route = %route.name, job = ?context.job, "Job cancelled");
+        return Ok((StatusCode::ACCEPTED, axum::Json(answer)).into_response());
+    }
     // A browser navigating here gets the live viewer, which reads this
     // same URL as a stream; `?format=` always asks for the stream.
     let readable = matches!(parts.method, Method::GET | Method::HEAD);
@@ -302,6 +317,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         headers: passed,
         body,
         last_event_id: None,
+        job: None,
     };
     // One context per backend, the last one this very context: the body is
     // shared by all (a reference count), the rest copied once per backend.
@@ -311,6 +327,12 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
     for (i, context) in contexts.iter_mut().enumerate() {
         context.last_event_id = cursor.position(i).map(str::to_string);
     }
+    // A durable route's one context names its job (a new one, or the one
+    // its path, Last-Event-ID or ?job= names), answered in a header.
+    let job = match (&route.durable, contexts.as_mut_slice()) {
+        (Some(durable), [context]) => Some(durable.identify(context, true)?),
+        _ => None,
+    };
     let events = fanin::open(&route, &contexts)
         .await
         .map_err(|(backend, error)| {
@@ -345,13 +367,17 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
             .valid_for
             .map(|valid| valid.saturating_sub(checked.elapsed())),
     );
-    tracing::debug!(route = %route.name, %format, path, "Stream opened");
-    Ok(stream_response(
+    tracing::debug!(route = %route.name, %format, path, ?job, "Stream opened");
+    let mut response = stream_response(
         &route,
         negotiated,
         &parts.headers,
         Body::from_stream(session),
-    ))
+    );
+    if let Some(value) = job.and_then(|job| HeaderValue::try_from(job).ok()) {
+        response.headers_mut().insert(JOB_ID, value);
+    }
+    Ok(response)
 }
 
 /// Most query parameters a request may have: each costs a pair of strings

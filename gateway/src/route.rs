@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use backends::Backend;
+use backends::durable::Durable;
 
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -53,6 +54,9 @@ pub struct Route {
     pub cors: Option<CorsLayer>,
     /// Who may read the route.
     pub auth: Auth,
+    /// The route's jobs, when it is durable: its one backend is then the
+    /// durable reader of the producer.
+    pub durable: Option<Durable>,
 }
 
 impl Route {
@@ -121,10 +125,26 @@ impl Route {
             Envelope::Always => true,
             Envelope::Never => false,
         };
-        let (sources, backends): (Vec<Arc<str>>, Vec<_>) = backends
+        let (sources, mut backends): (Vec<Arc<str>>, Vec<_>) = backends
             .into_iter()
             .map(|(name, backend)| (Arc::from(name), backend))
             .unzip();
+        let durable = match (&config.durable, backends.as_slice()) {
+            (Some(settings), [producer]) => {
+                let durable = settings
+                    .build(Arc::clone(producer))
+                    .map_err(|e| ConfigError {
+                        problems: vec![ConfigProblem {
+                            origin: format!("route {name}"),
+                            key: "durable".into(),
+                            reason: e.message,
+                        }],
+                    })?;
+                backends = vec![Arc::new(durable.clone())];
+                Some(durable)
+            }
+            _ => None,
+        };
         Ok(Self {
             name: Arc::from(name),
             path: config.path.clone(),
@@ -144,8 +164,9 @@ impl Route {
             cors: config
                 .cors
                 .as_ref()
-                .map(|cors| cors_layer(cors, &config.methods)),
+                .map(|cors| cors_layer(cors, &config.methods, config.durable.is_some())),
             auth,
+            durable,
         })
     }
 
@@ -153,6 +174,7 @@ impl Route {
     pub fn allows(&self, method: &Method) -> bool {
         self.methods.contains(method)
             || (method == Method::HEAD && self.methods.contains(&Method::GET))
+            || (method == Method::DELETE && self.durable.is_some())
     }
 
     /// The value of an `Allow` header for the route.
@@ -160,6 +182,9 @@ impl Route {
         let mut names: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
         if self.methods.contains(&Method::GET) {
             names.push("HEAD");
+        }
+        if self.durable.is_some() && !self.methods.contains(&Method::DELETE) {
+            names.push("DELETE");
         }
         names.join(", ")
     }
@@ -172,7 +197,7 @@ impl Route {
 
 /// The CORS layer of validated settings. Lists are explicit, never `*`
 /// beside credentials (which tower-http would refuse at run time).
-fn cors_layer(config: &CorsConfig, methods: &[RouteMethod]) -> CorsLayer {
+fn cors_layer(config: &CorsConfig, methods: &[RouteMethod], durable: bool) -> CorsLayer {
     let headers = |names: &[String]| -> Vec<HeaderName> {
         names
             .iter()
@@ -192,6 +217,9 @@ fn cors_layer(config: &CorsConfig, methods: &[RouteMethod]) -> CorsLayer {
     let mut allowed: Vec<Method> = methods.iter().map(|m| m.as_method()).collect();
     if allowed.contains(&Method::GET) {
         allowed.push(Method::HEAD);
+    }
+    if durable && !allowed.contains(&Method::DELETE) {
+        allowed.push(Method::DELETE);
     }
     CorsLayer::new()
         .allow_origin(origins)

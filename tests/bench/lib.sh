@@ -21,19 +21,21 @@ build() {
 }
 
 # start_gateway CONFIG [ENV=VALUE…]: starts the release gateway on CONFIG
-# (port 0), sets GATEWAY_PID and GATEWAY_ADDR (host:port).
+# (port 0), sets GATEWAY_PID, GATEWAY_ADDR (host:port) and GATEWAY_LOG (its
+# stderr).
 start_gateway() {
   local config="$1"; shift
   local log
   log="$(mktemp -t bench-gateway.XXXXXX)"
-  env "$@" GATEWAY_CONFIG="$config" GATEWAY__SERVER__PORT="${GATEWAY_PORT:-0}" RUST_LOG=warn,gateway=info \
+  env "$@" GATEWAY_CONFIG="$config" GATEWAY__SERVER__PORT="${GATEWAY_PORT:-0}" RUST_LOG="${GATEWAY_RUST_LOG:-warn,gateway=info}" \
     NO_COLOR=1 "$BIN/gateway" 2>"$log" &
   GATEWAY_PID=$!
+  GATEWAY_LOG="$log"
   PIDS+=("$GATEWAY_PID")
   for _ in $(seq 100); do
     if grep -q "Listening on http://" "$log"; then
       GATEWAY_ADDR="$(grep -o 'Listening on http://[^/]*' "$log" | head -n1 | sed 's|Listening on http://||')"
-      export GATEWAY_PID GATEWAY_ADDR
+      export GATEWAY_PID GATEWAY_ADDR GATEWAY_LOG
       return 0
     fi
     sleep 0.1

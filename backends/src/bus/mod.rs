@@ -41,6 +41,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::StreamExt;
 
+use crate::durable::JobLog;
+use crate::publish::{Publication, Publisher};
 use crate::{Backend, BackendError, BackendStats, Event, EventStream, RequestContext};
 
 pub mod hub;
@@ -177,6 +179,19 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// What the broker counts (reconnects); the bus adds its clients'
     /// lagging to the same counters.
     fn stats(&self) -> &BackendStats;
+
+    /// Makes `key` and its entries go `after` from now (a durable job's
+    /// `retention`), answering whether the broker can: Redis can
+    /// (`PEXPIRE`); the others keep entries by their own retention (the
+    /// default, `false`).
+    fn expire(
+        &self,
+        key: &str,
+        after: std::time::Duration,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send {
+        let _ = (key, after);
+        async { Ok(false) }
+    }
 }
 
 /// A bus backend: a broker's keys, each read once and shared by its clients
@@ -206,25 +221,38 @@ impl<B: Broker> Bus<B> {
     pub fn broker(&self) -> &B {
         self.hub.broker()
     }
+
+    /// A position from an id a client sent (400 when it is not one).
+    fn position(&self, id: &str) -> Result<B::Position, BackendError> {
+        self.hub.broker().parse(id).ok_or_else(|| {
+            BackendError::bad_request(format!(
+                "Last-Event-ID {} is not an id of this stream",
+                crate::Shown(id)
+            ))
+        })
+    }
+
+    /// A client of `key` from after `resume` (its history when `None`).
+    async fn read(
+        &self,
+        key: &str,
+        resume: Option<B::Position>,
+    ) -> Result<EventStream, BackendError> {
+        let channel = self.hub.channel(key).await?;
+        let subscriber = Subscriber::open(Arc::clone(&self.hub), channel, resume).await?;
+        Ok(futures::stream::unfold(subscriber, Subscriber::next).boxed())
+    }
 }
 
 #[async_trait]
 impl<B: Broker> Backend for Bus<B> {
     async fn open(&self, ctx: &RequestContext) -> Result<EventStream, BackendError> {
-        let broker = self.hub.broker();
-        let key = broker.key(ctx)?;
+        let key = self.hub.broker().key(ctx)?;
         let resume = match ctx.last_event_id.as_deref() {
             None => None,
-            Some(id) => Some(broker.parse(id).ok_or_else(|| {
-                BackendError::bad_request(format!(
-                    "Last-Event-ID {} is not an id of this stream",
-                    crate::Shown(id)
-                ))
-            })?),
+            Some(id) => Some(self.position(id)?),
         };
-        let channel = self.hub.channel(&key).await?;
-        let subscriber = Subscriber::open(Arc::clone(&self.hub), channel, resume).await?;
-        Ok(futures::stream::unfold(subscriber, Subscriber::next).boxed())
+        self.read(&key, resume).await
     }
 
     fn stats(&self) -> Option<&BackendStats> {
@@ -234,3 +262,61 @@ impl<B: Broker> Backend for Bus<B> {
 
 /// Entries a client has fetched and not yet sent.
 type Backlog<P> = VecDeque<Entry<P>>;
+
+/// A bus as a durable job's log (see [`crate::durable`]): read through the
+/// bus's clients, appended to by its publisher.
+pub struct BusLog<B: Broker> {
+    bus: Bus<B>,
+    publisher: Arc<dyn Publisher>,
+}
+
+impl<B: Broker> BusLog<B> {
+    /// The log reading through `bus` and appending with `publisher` (the
+    /// same broker, key and event fields).
+    pub fn new(bus: Bus<B>, publisher: Arc<dyn Publisher>) -> Self {
+        Self { bus, publisher }
+    }
+}
+
+impl<B: Broker> fmt::Debug for BusLog<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusLog").field("bus", &self.bus).finish()
+    }
+}
+
+#[async_trait]
+impl<B: Broker> JobLog for BusLog<B> {
+    fn key(&self, ctx: &RequestContext) -> Result<String, BackendError> {
+        self.bus.broker().key(ctx)
+    }
+
+    async fn first(&self, key: &str) -> Result<Option<Event>, BackendError> {
+        let mut pager = B::Pager::default();
+        let page = self
+            .bus
+            .broker()
+            .page(key, &mut pager, B::Position::default(), 1)
+            .await?;
+        Ok(page.entries.into_iter().next().and_then(|e| e.event.ok()))
+    }
+
+    async fn read(&self, key: &str, after: Option<&str>) -> Result<EventStream, BackendError> {
+        let after = match after {
+            Some(id) => self.bus.position(id)?,
+            None => B::Position::default(),
+        };
+        self.bus.read(key, Some(after)).await
+    }
+
+    async fn append(
+        &self,
+        ctx: &RequestContext,
+        publication: &Publication,
+    ) -> Result<String, BackendError> {
+        self.publisher.publish(ctx, publication).await
+    }
+
+    async fn expire(&self, key: &str, after: std::time::Duration) -> Result<bool, BackendError> {
+        self.bus.broker().expire(key, after).await
+    }
+}

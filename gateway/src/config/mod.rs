@@ -16,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
+use backends::durable::DurableConfig;
 use backends::publish::PublisherConfig;
 use backends::{BackendConfig, Shown};
 use serde::Deserialize;
@@ -324,6 +325,12 @@ pub struct RouteConfig {
     /// static bearer token, or of a JWT. Default: anyone.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Durable jobs (`[routes.NAME.durable]`): the route's one producing
+    /// backend runs once per job, its events kept on a bus that clients
+    /// read, resume and watch from any instance (see
+    /// [`backends::durable`]). Default: none.
+    #[serde(default)]
+    pub durable: Option<DurableConfig>,
 }
 
 /// `[routes.NAME.cors]`: which other origins' pages may read the route.
@@ -342,7 +349,7 @@ pub struct CorsConfig {
     #[serde(default = "default_cors_allow_headers")]
     pub allow_headers: Vec<String>,
     /// Response headers pages may read. Default: `X-Request-Host`,
-    /// `X-Request-Id`.
+    /// `X-Request-Id`, `Gateway-Job-Id`.
     #[serde(default = "default_cors_expose_headers")]
     pub expose_headers: Vec<String>,
     /// How long browsers may keep a preflight's answer. Default: `10m`.
@@ -401,7 +408,7 @@ fn default_cors_allow_headers() -> Vec<String> {
         .to_vec()
 }
 fn default_cors_expose_headers() -> Vec<String> {
-    ["x-request-host", "x-request-id"]
+    ["x-request-host", "x-request-id", "gateway-job-id"]
         .map(String::from)
         .to_vec()
 }
@@ -428,6 +435,7 @@ impl RouteConfig {
             response_headers: default_response_headers(),
             cors: None,
             auth: AuthConfig::default(),
+            durable: None,
         }
     }
 }
@@ -783,6 +791,30 @@ impl RouteConfig {
                 problems.push((
                     field,
                     "is not a valid header value (no control characters)".into(),
+                ));
+            }
+        }
+        if let Some(durable) = &self.durable {
+            problems.extend(
+                durable
+                    .validate()
+                    .into_iter()
+                    .map(|p| (format!("durable.{}", p.key), p.reason)),
+            );
+            if self.backends.len() > 1 {
+                problems.push((
+                    "backends".into(),
+                    "a durable route runs one producing backend per job; it has several".into(),
+                ));
+            }
+            if let Some(name) = self
+                .backends
+                .iter()
+                .find_map(|(name, b)| b.job_log().map(|_| name))
+            {
+                problems.push((
+                    "durable".into(),
+                    format!("backend {name} reads a bus: its events are kept there already"),
                 ));
             }
         }
