@@ -336,6 +336,102 @@ async fn eventsource_resumes_exactly_across_lifetime_ends_and_a_restart() {
     second.stop().await;
 }
 
+/// A durable job watched by `EventSource` on one gateway that restarts
+/// mid-job, while the job runs on another: the browser resumes by itself,
+/// gets every event once, then the job's end, and stops (the resume from
+/// the end is answered 204).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventsource_watches_a_durable_job_across_a_gateway_restart() {
+    let prefix = unique("durable");
+    let mut options = RouteConfig::new("/jobs/{job}");
+    options.retry = Duration::from_millis(200);
+    let bus = RedisConfig {
+        url: REDIS.into(),
+        stream: format!("{prefix}:{{job}}"),
+        allow: Some(format!("{prefix}:*")),
+        ..RedisConfig::default()
+    };
+    options.durable = Some(backends::durable::DurableConfig::new(
+        backends::BackendConfig::Redis(bus),
+    ));
+    let jobs = || {
+        let ticks = Ticker::new(TickerConfig {
+            interval: Duration::from_millis(50),
+            count: Some(60),
+            name: "tick".into(),
+            ..TickerConfig::default()
+        });
+        route("jobs", &options, vec![("run", Arc::new(ticks))])
+    };
+    // The job starts on the runner; the browser watches it on the watcher.
+    let (runner_listener, runner) = loopback().await;
+    let runner_gateway = Running::start(runner_listener, vec![jobs()]);
+    let job = format!("job{}", std::process::id());
+    let started = reqwest::Client::new()
+        .get(format!("http://{runner}/jobs/{job}"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("the job starts");
+    assert_eq!(started.status(), 200);
+    drop(started);
+    let (listener, addr) = loopback().await;
+    let watcher = Running::start(listener, vec![jobs()]);
+    let mut driver = Driver::start(
+        "resume.mjs",
+        &json!({
+            "page": format!("http://{addr}/healthz"),
+            "stream": format!("http://{addr}/jobs/{job}"),
+            "names": ["gateway.job", "tick", "gateway.end"],
+            "expect": 62,
+            "timeout_ms": 40000,
+        }),
+    );
+    assert_eq!(
+        driver.next(Duration::from_secs(30)).await,
+        json!({"ready": true})
+    );
+    // A second into the job's three, the watcher restarts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    watcher.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listener = TcpListener::bind(addr).await.expect("the same port again");
+    let watcher = Running::start(listener, vec![jobs()]);
+
+    let result = driver.next(Duration::from_secs(40)).await;
+    let log = &result["result"];
+    let events = log["events"].as_array().expect("events");
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types.first(), Some(&"gateway.job"));
+    assert_eq!(types.last(), Some(&"gateway.end"));
+    let seqs: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "tick")
+        .filter_map(|e| serde_json::from_str::<Value>(e["data"].as_str()?).ok()?["seq"].as_u64())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=60).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    let end: Value =
+        serde_json::from_str(events[61]["data"].as_str().expect("data")).expect("JSON");
+    assert_eq!(end["status"], "completed");
+    assert!(log["opens"].as_u64().expect("opens") >= 2, "{log}");
+    let resumed: Vec<&str> = log["last_event_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        resumed.iter().any(|id| id.starts_with(&format!("{job}:"))),
+        "the browser resumed with a job id: {resumed:?}"
+    );
+    watcher.stop().await;
+    runner_gateway.stop().await;
+}
+
 /// A static page on its own loopback port: another origin than the
 /// gateway's.
 async fn other_origin() -> (String, JoinHandle<()>) {

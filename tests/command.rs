@@ -150,6 +150,52 @@ async fn the_program_sees_no_secrets_of_the_gateway() {
     assert_eq!(nul.status(), 400);
 }
 
+/// The request reaches the program as data: the JSON body on stdin (then
+/// closed), query parameters as GATEWAY_QUERY_<NAME> (the first value),
+/// path parameters as GATEWAY_PARAM_<NAME>; never as arguments.
+#[tokio::test]
+async fn the_program_gets_the_body_on_stdin_and_the_query_as_variables() {
+    let server = serve(script(
+        r#"body=$(cat); echo "{\"body\":${body:-null},\"steps\":\"$GATEWAY_QUERY_STEPS\",\"mode\":\"$GATEWAY_QUERY_MODE\",\"id\":\"$GATEWAY_PARAM_ID\"}""#,
+        |_| {},
+    ))
+    .await;
+    let response = within(
+        "the stream",
+        client()
+            .post(server.url("/jobs/7?steps=3&mode=a%20b&steps=9"))
+            .header("content-type", "application/json")
+            .body(r#"{"pages": [1, 2], "title": "$(rm -rf /)"}"#)
+            .send(),
+    )
+    .await
+    .expect("request");
+    assert_eq!(response.status(), 200);
+    let lines = all_ndjson(response).await;
+    assert_eq!(
+        lines,
+        [json!({
+            "body": {"pages": [1, 2], "title": "$(rm -rf /)"},
+            "steps": "3",
+            "mode": "a b",
+            "id": "7",
+        })]
+    );
+    // Without a body, stdin is empty (closed at once): the program never
+    // waits for it.
+    let response = within("the stream", client().get(server.url("/jobs/8")).send())
+        .await
+        .expect("request");
+    assert_eq!(all_ndjson(response).await[0]["body"], Value::Null);
+    // A query name that cannot be a variable name: 400, nothing runs.
+    for bad in ["/jobs/9?a-b=1", "/jobs/9?=1", "/jobs/9?x=a%00b"] {
+        let refused = within("an answer", client().get(server.url(bad)).send())
+            .await
+            .expect("request");
+        assert_eq!(refused.status(), 400, "{bad}");
+    }
+}
+
 #[tokio::test]
 async fn failures_resumes_and_limits_answer_as_documented() {
     // A failing program: its lines, then an error event.

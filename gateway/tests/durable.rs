@@ -401,3 +401,140 @@ async fn two_instances_starting_one_job_run_it_once() {
         assert_eq!(unique.len(), 22);
     }
 }
+
+/// An LLM-style upstream: `POST /generate` with `{"prompt": "w1 w2 …"}`
+/// streams one SSE event per word, without ids, 10 ms apart. It counts the
+/// requests it got.
+async fn token_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::response::sse::{Event as SseEvent, Sse};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&asked);
+    let app = axum::Router::new().route(
+        "/generate",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let words: Vec<String> = body["prompt"]
+                .as_str()
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            let tokens =
+                futures::stream::iter(words.into_iter().enumerate()).then(|(i, w)| async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Ok::<_, std::convert::Infallible>(
+                        SseEvent::default()
+                            .data(serde_json::json!({"i": i + 1, "token": w}).to_string()),
+                    )
+                });
+            async move { Sse::new(tokens) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = listener.local_addr().expect("an address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}/generate"), asked)
+}
+
+/// NDJSON lines of a response, as JSON.
+fn lines(
+    response: reqwest::Response,
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = Value> + Send>> {
+    let bytes = response.bytes_stream();
+    futures::stream::unfold(
+        (bytes, Vec::<u8>::new()),
+        |(mut bytes, mut buffer)| async move {
+            loop {
+                if let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    let value = serde_json::from_slice(&line).expect("a JSON line");
+                    return Some((value, (bytes, buffer)));
+                }
+                match bytes.next().await {
+                    Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                    _ => return None,
+                }
+            }
+        },
+    )
+    .boxed()
+}
+
+/// An upstream without ids, made durable: a prompt POSTed to one instance
+/// streams NDJSON; the client drops, resumes on the other instance with the
+/// last line's id, and gets the rest once; the upstream was asked once.
+#[tokio::test]
+async fn an_upstream_without_ids_becomes_resumable() {
+    let (upstream, asked) = token_server().await;
+    let extra = format!(
+        r#"
+[routes.chat]
+path = "/chat/{{job}}"
+methods = ["GET", "POST"]
+envelope = "always"
+[routes.chat.backends.llm]
+type = "http"
+url = "{upstream}"
+method = "POST"
+format = "sse"
+[routes.chat.durable]
+lease = "5s"
+[routes.chat.durable.bus]
+type = "redis"
+stream = "durable-test:chat:{{job}}"
+allow = "durable-test:chat:*"
+"#
+    );
+    let setup = Setup::new(Bus::Redis, "5s", &extra).await;
+    let (a, b) = (setup.instance().await, setup.instance().await);
+    let job = new_job("chat");
+    let words: Vec<String> = (1..=40).map(|i| format!("w{i}")).collect();
+    let prompt = serde_json::json!({"prompt": words.join(" ")});
+    let response = within(
+        "the prompt is answered",
+        reqwest::Client::new()
+            .post(format!("{}/chat/{job}", a.base))
+            .header("accept", "application/x-ndjson")
+            .json(&prompt)
+            .send(),
+    )
+    .await
+    .expect("a response");
+    assert_eq!(response.status(), 200);
+    let mut first = lines(response);
+    let started = within("a line", first.next()).await.expect("a line");
+    assert_eq!(started["event"], "gateway.job");
+    let mut last = String::new();
+    for i in 1..=10u64 {
+        let line = within("a line", first.next()).await.expect("a line");
+        assert_eq!(line["data"]["i"], i, "{line}");
+        last = line["id"].as_str().expect("an id").to_string();
+    }
+    drop(first);
+    let response = within(
+        "the resume is answered",
+        reqwest::Client::new()
+            .get(format!("{}/chat/{job}", b.base))
+            .header("accept", "application/x-ndjson")
+            .header("last-event-id", &last)
+            .send(),
+    )
+    .await
+    .expect("a response");
+    assert_eq!(response.status(), 200);
+    let rest: Vec<Value> = within("the rest", lines(response).collect()).await;
+    let (end, tokens) = rest.split_last().expect("lines");
+    assert_eq!(end["event"], "gateway.end");
+    assert_eq!(end["data"]["status"], "completed");
+    let got: Vec<_> = tokens.iter().map(|l| l["data"]["token"].clone()).collect();
+    let expected: Vec<Value> = words[10..]
+        .iter()
+        .map(|w| Value::from(w.as_str()))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

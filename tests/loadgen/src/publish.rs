@@ -73,10 +73,14 @@ impl Publisher {
                 Ok(response) => {
                     let status = response.status();
                     // Read the answer to the end: the connection is reused.
-                    let _ = response.into_body().collect().await;
+                    let answer = response.into_body().collect().await;
                     if status.is_success() {
                         Ok(())
                     } else {
+                        // Said once per failure, with what the server said.
+                        let body = answer.map(|b| b.to_bytes()).unwrap_or_default();
+                        let shown = String::from_utf8_lossy(&body[..body.len().min(500)]);
+                        eprintln!("publish {seq}: status {}: {shown}", status.as_u16());
                         Err(format!("status {}", status.as_u16()))
                     }
                 }
