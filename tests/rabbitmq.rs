@@ -151,3 +151,40 @@ async fn a_missing_stream_is_404_unless_create_declares_it() {
     // Now it exists, the strict gateway reads it too.
     assert_eq!(request(&strict, "nobody", None).await.status(), 200);
 }
+
+/// A publish, then at once a read of the stream's first entry, over and
+/// over on the shared connection: each drops subscriptions whose
+/// unsubscribe RabbitMQ has not answered yet when the next subscribes. Their
+/// ids stayed taken there, and reusing one failed (`SubscriptionIdAlreadyExists`):
+/// the request was sent once more on a new connection, dropping the shared
+/// one under every other request (a durable job's claim failed this way,
+/// and one publish in a thousand in `tests/bench/bus.sh` got 503).
+#[tokio::test]
+async fn subscription_ids_are_reused_only_once_rabbitmq_let_them_go() {
+    let engine = RabbitEngine::shared("churn").await;
+    let config: backends::BackendConfig =
+        serde_json::from_value(engine.backend()).expect("a backend config");
+    let log = config.job_log().expect("a bus");
+    let ctx = backends::RequestContext {
+        params: [("room".to_string(), "lobby".to_string())].into(),
+        ..Default::default()
+    };
+    let key = log.key(&ctx).expect("a key");
+    let event = backends::publish::Publication {
+        data: backends::Data::json(&json!({"n": 1})),
+        name: None,
+    };
+    for round in 0..60 {
+        within("a publish", log.append(&ctx, &event))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: publishing: {e}"));
+        within("a read", log.first(&key))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: reading: {e}"));
+    }
+    assert_eq!(
+        log.stats().snapshot().reconnects,
+        0,
+        "no request found its subscription id still taken"
+    );
+}

@@ -68,7 +68,8 @@ use tokio::sync::Notify;
 use crate::problem::Problem;
 use crate::publish::Publication;
 use crate::{
-    Backend, BackendConfig, BackendError, Data, ErrorKind, Event, EventStream, RequestContext,
+    Backend, BackendConfig, BackendError, BackendStats, Data, ErrorKind, Event, EventStream,
+    RequestContext,
 };
 
 /// The path parameter (and `{job}` placeholder of the bus key) naming a job.
@@ -108,6 +109,8 @@ pub trait JobLog: Send + Sync + fmt::Debug {
     ) -> Result<String, BackendError>;
     /// Makes the key go `after` from now; `false` when the bus cannot.
     async fn expire(&self, key: &str, after: Duration) -> Result<bool, BackendError>;
+    /// What the bus's reader counts (reconnects, lagging clients).
+    fn stats(&self) -> &BackendStats;
 }
 
 /// `[routes.NAME.durable]`.
@@ -451,6 +454,10 @@ impl Backend for Durable {
         };
         Ok(futures::stream::unfold(reader, Reader::next).boxed())
     }
+
+    fn stats(&self) -> Option<&BackendStats> {
+        Some(self.inner.log.stats())
+    }
 }
 
 impl Inner {
@@ -537,6 +544,15 @@ impl Inner {
         tokio::pin!(deadline);
         let beat = self.lease / 3;
         let mut alive = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+        // Made once: a timer made again each turn would never run out.
+        let abandon = async {
+            if self.detach {
+                std::future::pending().await
+            } else {
+                abandoned(&local, self.lease).await
+            }
+        };
+        tokio::pin!(abandon);
         let mut failure: Option<String> = None;
         let status = loop {
             tokio::select! {
@@ -574,7 +590,7 @@ impl Inner {
                     self.expire(&key, self.retention).await;
                     return self.finish(&job);
                 }
-                () = abandoned(&local, self.lease), if !self.detach => break "cancelled",
+                () = &mut abandon => break "cancelled",
             }
         };
         // The producer goes first (a command's processes are killed).

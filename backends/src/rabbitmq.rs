@@ -51,7 +51,7 @@
 //!   `connect_timeout`; readers connect again with backoff, check the
 //!   stream's bounds, and go on after the last offset they delivered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -382,6 +382,10 @@ impl Chunk {
 struct Routes {
     closed: bool,
     subscriptions: HashMap<u8, mpsc::UnboundedSender<Chunk>>,
+    /// Ids of subscriptions dropped whose unsubscribe RabbitMQ has not
+    /// answered yet: taken until it has (RabbitMQ refuses an id it still
+    /// holds with `SubscriptionIdAlreadyExists`).
+    releasing: HashSet<u8>,
     publishers: Vec<u8>,
     confirms: HashMap<u64, oneshot::Sender<Result<(), String>>>,
 }
@@ -467,7 +471,7 @@ impl Session {
                 return Err(unavailable("subscribing", "the connection is closed"));
             }
             let id = (0..=u8::MAX)
-                .find(|id| !routes.subscriptions.contains_key(id))
+                .find(|id| !routes.subscriptions.contains_key(id) && !routes.releasing.contains(id))
                 .ok_or_else(|| {
                     unavailable("subscribing", "no subscription left on the connection")
                 })?;
@@ -669,17 +673,20 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let removed = lock(&self.session.routes)
-            .subscriptions
-            .remove(&self.id)
-            .is_some();
-        if !removed || tokio::runtime::Handle::try_current().is_err() {
-            return;
+        let runtime = tokio::runtime::Handle::try_current().is_ok();
+        {
+            let mut routes = lock(&self.session.routes);
+            let removed = routes.subscriptions.remove(&self.id).is_some();
+            if !removed || !runtime {
+                return;
+            }
+            routes.releasing.insert(self.id);
         }
         let session = Arc::clone(&self.session);
         let id = self.id;
         tokio::spawn(async move {
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, session.client.unsubscribe(id)).await;
+            lock(&session.routes).releasing.remove(&id);
         });
     }
 }

@@ -33,6 +33,8 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
 enum Bus {
     Redis,
     Nats,
+    Postgres,
+    Rabbitmq,
 }
 
 impl Bus {
@@ -43,6 +45,12 @@ impl Bus {
             }
             Self::Nats => {
                 "type = \"nats\"\nstream = \"DURABLETEST\"\nsubject = \"durable-test.{job}\"\nallow = \"durable-test.*\"\n"
+            }
+            Self::Postgres => {
+                "type = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/test\"\ntable = \"durable_test\"\nkey = \"{job}\"\nallow = \"*\"\n"
+            }
+            Self::Rabbitmq => {
+                "type = \"rabbitmq\"\nstream = \"durable-test.{job}\"\nallow = \"durable-test.*\"\n[routes.jobs.durable.bus.create]\nmax_age = \"1h\"\n"
             }
         }
     }
@@ -242,6 +250,16 @@ async fn a_job_resumes_on_another_instance_on_nats() {
     a_job_resumes_on_another_instance(Bus::Nats).await;
 }
 
+#[tokio::test]
+async fn a_job_resumes_on_another_instance_on_postgres() {
+    a_job_resumes_on_another_instance(Bus::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_job_resumes_on_another_instance_on_rabbitmq() {
+    a_job_resumes_on_another_instance(Bus::Rabbitmq).await;
+}
+
 /// 200 events: the client leaves after 50, comes back on the other process
 /// with its last id, gets 51..200 once each, then the end; one run.
 async fn a_job_resumes_on_another_instance(bus: Bus) {
@@ -355,6 +373,16 @@ async fn a_dead_instance_ends_its_jobs_with_producer_lost_on_redis() {
 #[tokio::test]
 async fn a_dead_instance_ends_its_jobs_with_producer_lost_on_nats() {
     a_dead_instance_ends_its_jobs_with_producer_lost(Bus::Nats).await;
+}
+
+#[tokio::test]
+async fn a_dead_instance_ends_its_jobs_with_producer_lost_on_postgres() {
+    a_dead_instance_ends_its_jobs_with_producer_lost(Bus::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_dead_instance_ends_its_jobs_with_producer_lost_on_rabbitmq() {
+    a_dead_instance_ends_its_jobs_with_producer_lost(Bus::Rabbitmq).await;
 }
 
 /// The instance running a job is killed (SIGKILL): readers elsewhere get
@@ -537,4 +565,80 @@ allow = "durable-test:chat:*"
         .collect();
     assert_eq!(got, expected);
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// `detach = false`: the job is cancelled once its last client left (for
+/// the lease); `max_runtime`: a job that runs longer ends with `timeout`.
+/// Each end is on the bus for a later reader, and the Redis key expires
+/// `retention` after the end.
+#[tokio::test]
+async fn attached_jobs_stop_when_their_clients_leave_and_runtime_is_bounded() {
+    let extra = |route: &str, settings: &str| {
+        format!(
+            r#"
+[routes.{route}]
+path = "/{route}/{{job}}"
+[routes.{route}.backends.run]
+type = "command"
+command = ["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo \"{{\\\"n\\\":$i}}\"; sleep 0.05; done"]
+format = "ndjson"
+[routes.{route}.durable]
+{settings}
+[routes.{route}.durable.bus]
+type = "redis"
+stream = "durable-test:{route}:{{job}}"
+allow = "durable-test:{route}:*"
+"#
+        )
+    };
+    let extras = extra(
+        "attached",
+        "detach = false\nlease = \"500ms\"\nretention = \"90s\"",
+    ) + &extra("bounded", "max_runtime = \"1s\"");
+    let setup = Setup::new(Bus::Redis, "5s", &extras).await;
+    let a = setup.instance().await;
+
+    let job = new_job("attached");
+    let (_, mut events) = open(&format!("{}/attached/{job}", a.base), None).await;
+    next(&mut events).await;
+    assert_eq!(n(&next(&mut events).await), Some(1));
+    drop(events);
+    // The job ends by itself, a lease after its client left: its last
+    // entry becomes the end (read from Redis: a reader would keep it).
+    let key = format!("durable-test:attached:{job}");
+    within("the attached job ends", async {
+        loop {
+            let last = std::process::Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "xrevrange", &key, "+", "-", "count", "1"])
+                .output()
+                .expect("redis-cli runs");
+            if String::from_utf8_lossy(&last.stdout).contains("gateway.end") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let (_, mut late) = open(&format!("{}/attached/{job}", a.base), None).await;
+    let ended = rest(&mut late).await.pop().expect("an end");
+    assert_eq!(status_of(&ended), "cancelled");
+    let ttl = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "pttl", &key])
+        .output()
+        .expect("redis-cli runs");
+    let ttl: i64 = String::from_utf8_lossy(&ttl.stdout)
+        .trim()
+        .parse()
+        .expect("a TTL");
+    assert!(
+        (60_000..=90_000).contains(&ttl),
+        "the key expires after retention: {ttl} ms"
+    );
+
+    let job = new_job("bounded");
+    let (_, mut events) = open(&format!("{}/bounded/{job}", a.base), None).await;
+    let all = rest(&mut events).await;
+    let end = all.last().expect("an end");
+    assert_eq!(status_of(end), "timeout");
+    assert!(all.len() > 5, "it ran until then: {} events", all.len());
 }

@@ -319,4 +319,8 @@ impl<B: Broker> JobLog for BusLog<B> {
     async fn expire(&self, key: &str, after: std::time::Duration) -> Result<bool, BackendError> {
         self.bus.broker().expire(key, after).await
     }
+
+    fn stats(&self) -> &BackendStats {
+        self.bus.broker().stats()
+    }
 }
