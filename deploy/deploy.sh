@@ -34,6 +34,10 @@ Options:
   --config PATH          Gateway config file inside the image, e.g.
                          /etc/gateway/examples/fan-in.toml (config/ is
                          copied to /etc/gateway/). Image only.
+  --subnets IDS          Comma-separated subnet ids: the function runs in
+                         that VPC, to reach a bus there (ElastiCache,
+                         RDS, Amazon MQ) for durable routes and brokers.
+  --security-groups IDS  Comma-separated security group ids (with --subnets).
   -h, --help             Show this help.
 
 Prerequisites: aws (AWS CLI v2) with credentials, sam (AWS SAM CLI), and
@@ -56,6 +60,8 @@ stack_name="streaming-gateway"
 package_type="image"
 function_timeout="900"
 config_path=""
+subnets=""
+security_groups=""
 
 need_value() {
     [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value (see --help)"
@@ -97,6 +103,16 @@ while [[ $# -gt 0 ]]; do
             config_path="$2"
             shift 2
             ;;
+        --subnets)
+            need_value "$@"
+            subnets="$2"
+            shift 2
+            ;;
+        --security-groups)
+            need_value "$@"
+            security_groups="$2"
+            shift 2
+            ;;
         *)
             die "unknown option: $1 (see --help)"
             ;;
@@ -122,6 +138,15 @@ if [[ -n "$config_path" && "$package_type" == zip ]]; then
 fi
 if [[ -n "$config_path" && "$config_path" != /* ]]; then
     die "--config takes a path inside the image, e.g. /etc/gateway/examples/fan-in.toml"
+fi
+if [[ -n "$subnets" && ! "$subnets" =~ ^subnet-[0-9a-f]{8,17}(,subnet-[0-9a-f]{8,17})*$ ]]; then
+    die "--subnets takes subnet ids separated by commas (subnet-0abc1234,subnet-0def5678), not '$subnets'"
+fi
+if [[ -n "$security_groups" && ! "$security_groups" =~ ^sg-[0-9a-f]{8,17}(,sg-[0-9a-f]{8,17})*$ ]]; then
+    die "--security-groups takes security group ids separated by commas (sg-0abc1234), not '$security_groups'"
+fi
+if [[ -n "$subnets" && -z "$security_groups" ]] || [[ -z "$subnets" && -n "$security_groups" ]]; then
+    die "--subnets and --security-groups go together: a function in a VPC needs both"
 fi
 
 # Prerequisites, all checked before anything is built or deployed.
@@ -213,6 +238,7 @@ parameters=(
     "FunctionTimeout=$function_timeout"
 )
 [[ -n "$config_path" ]] && parameters+=("ConfigPath=$config_path")
+[[ -n "$subnets" ]] && parameters+=("SubnetIds=$subnets" "SecurityGroupIds=$security_groups")
 
 step "Building the gateway ($package_type, deploy/template.yaml)"
 sam build ${aws_args[@]+"${aws_args[@]}"} \

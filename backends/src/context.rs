@@ -1,6 +1,7 @@
 //! What a backend learns about the request that opened it.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use http::{HeaderMap, Method};
 
@@ -31,6 +32,10 @@ pub struct RequestContext {
     /// The durable job the request reads (see [`crate::durable`]), named by
     /// the gateway before the backend opens; `None` on other routes.
     pub job: Option<String>,
+    /// How long the platform lets this request's work run, when it bounds
+    /// it: a Lambda invocation's deadline less `lambda.deadline_margin`.
+    /// Work started for the request (a durable job) ends by then.
+    pub time_left: Option<Duration>,
 }
 
 impl RequestContext {

@@ -43,10 +43,14 @@
 //!   running it has read the job for `lease`. `DELETE` on the job's URL
 //!   cancels it from any instance (an end event the producer's instance
 //!   sees, and stops its producer on).
+//!   A request whose work the platform bounds (`RequestContext::time_left`:
+//!   a Lambda invocation's deadline) bounds the job it starts the same way,
+//!   ended with `timeout` and a message that says so.
 //! - **A lost producer.** While it runs, the producer's instance appends a
 //!   hidden `gateway.job.alive` entry every third of `lease`. A reader that
 //!   sees no entry for `lease` appends the end with `producer_lost` and
-//!   ends: readers never hang on a job whose instance died.
+//!   ends: readers never hang on a job whose instance died. An instance
+//!   that shuts down ([`Durable::stop_jobs`]) appends that end itself.
 //! - **Retention.** A job's key expires `retention` after the job ends (and
 //!   `max_runtime` + `retention` after it starts) where the broker can
 //!   expire keys (Redis); other buses keep entries by their own retention
@@ -63,7 +67,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::problem::Problem;
 use crate::publish::Publication;
@@ -86,6 +90,8 @@ const CLAIM: &str = "gateway.job.claim";
 const ALIVE: &str = "gateway.job.alive";
 /// The suffix of the end event's id.
 const END_ID: &str = "end";
+/// The end of a job whose producer's instance went away.
+const PRODUCER_LOST: &str = "producer_lost";
 /// The longest job id a request may name.
 const MAX_JOB_ID: usize = 128;
 
@@ -223,6 +229,8 @@ impl DurableConfig {
                 lease: self.lease,
                 owner: random_id(8),
                 running: Mutex::new(HashMap::new()),
+                stopping: watch::Sender::new(false),
+                finished: Notify::new(),
             }),
         })
     }
@@ -245,6 +253,10 @@ struct Inner {
     owner: String,
     /// The jobs this instance runs, with their readers here.
     running: Mutex<HashMap<String, Arc<Local>>>,
+    /// Set when the gateway shuts down: the jobs it runs end.
+    stopping: watch::Sender<bool>,
+    /// Told each time a job this instance runs has ended.
+    finished: Notify,
 }
 
 impl fmt::Debug for Inner {
@@ -254,6 +266,14 @@ impl fmt::Debug for Inner {
             .field("log", &self.log)
             .finish_non_exhaustive()
     }
+}
+
+/// What bounds a job's runtime.
+#[derive(Clone, Copy)]
+enum Bound {
+    MaxRuntime,
+    /// The platform's deadline for the request that started it.
+    Deadline,
 }
 
 /// A job this instance runs: how many of its clients read it here.
@@ -336,6 +356,30 @@ impl Durable {
         }
         inner.log.append(ctx, &end(job, "cancelled", None)).await?;
         Ok(json!({"job": job, "status": "cancelled"}))
+    }
+
+    /// Ends every job this instance runs (the gateway shuts down): each
+    /// producer is stopped and its job's end, `producer_lost`, appended, so
+    /// readers elsewhere learn it now rather than a lease later. Returns
+    /// once every end is on the bus (or given up, a lease later); the
+    /// caller bounds it by the shutdown grace.
+    pub async fn stop_jobs(&self) {
+        let inner = &self.inner;
+        inner.stopping.send_replace(true);
+        loop {
+            let finished = inner.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let running = inner
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len();
+            if running == 0 {
+                return;
+            }
+            finished.await;
+        }
     }
 }
 
@@ -540,8 +584,20 @@ impl Inner {
                 None
             }
         };
-        let deadline = tokio::time::sleep(self.max_runtime);
+        // A platform that ends the request's work (a Lambda invocation's
+        // deadline) ends the job first, with its reason.
+        let (runtime, bound) = match ctx.time_left {
+            Some(left) if left < self.max_runtime => (left, Bound::Deadline),
+            _ => (self.max_runtime, Bound::MaxRuntime),
+        };
+        let deadline = tokio::time::sleep(runtime);
         tokio::pin!(deadline);
+        let mut stopping = self.stopping.subscribe();
+        let stop = async {
+            // (The borrow it answers must not live across an await.)
+            let _ = stopping.wait_for(|stop| *stop).await.map(drop);
+        };
+        tokio::pin!(stop);
         let beat = self.lease / 3;
         let mut alive = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
         // Made once: a timer made again each turn would never run out.
@@ -591,16 +647,21 @@ impl Inner {
                     return self.finish(&job);
                 }
                 () = &mut abandon => break "cancelled",
+                () = &mut stop => break PRODUCER_LOST,
             }
         };
         // The producer goes first (a command's processes are killed).
         drop(events);
-        let message = match status {
-            "timeout" => Some(format!(
+        let message = match (status, bound) {
+            ("timeout", Bound::MaxRuntime) => Some(format!(
                 "the job ran for max_runtime ({:?})",
                 self.max_runtime
             )),
-            "cancelled" => Some("every client left (detach = false)".to_string()),
+            ("timeout", Bound::Deadline) => Some(format!(
+                "the Lambda invocation running it reached its deadline ({runtime:?} after it started, less lambda.deadline_margin): run jobs longer than the function timeout where they can outlive a request"
+            )),
+            (PRODUCER_LOST, _) => Some("the gateway running it shut down".to_string()),
+            ("cancelled", _) => Some("every client left (detach = false)".to_string()),
             _ => failure,
         };
         let last = end(&job, status, message.as_deref());
@@ -637,6 +698,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(job);
+        self.finished.notify_waiters();
     }
 }
 
@@ -697,7 +759,7 @@ impl Reader {
                 self.done = true;
                 let lost = end(
                     &self.job,
-                    "producer_lost",
+                    PRODUCER_LOST,
                     Some(&format!(
                         "no sign of the job's producer for {:?}: the instance running it stopped",
                         self.inner.lease

@@ -396,7 +396,22 @@ struct Session {
     client: Client,
     routes: Arc<Mutex<Routes>>,
     publishing: AtomicU64,
+    /// Subscriptions made on the connection (see [`RETIRE_AFTER`]).
+    subscribed: AtomicU64,
 }
+
+/// Subscriptions a connection takes before new requests go to a new one
+/// (the old one closes with its last user). RabbitMQ releases from 3.9 to
+/// 3.10.10 and 3.11.2 (rabbitmq-server#6317) keep a file handle for every
+/// subscription ended on a connection until the connection closes: each
+/// publish (it subscribes to find its message's offset) and each probe of
+/// a stream's bounds leaks one, and at the server's limit (1,024 by default
+/// here) its stream connections crash with `emfile`. A connection retired
+/// this way gives its handles back as soon as its last request is done.
+const RETIRE_AFTER: u64 = 128;
+
+/// The publisher reference [`Session::round_trip`] asks about.
+const BARRIER: &str = "gateway-round-trip";
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -450,11 +465,17 @@ impl Session {
             client,
             routes,
             publishing: AtomicU64::new(1),
+            subscribed: AtomicU64::new(0),
         }))
     }
 
     fn closed(&self) -> bool {
         lock(&self.routes).closed
+    }
+
+    /// Whether new requests go to a new connection ([`RETIRE_AFTER`]).
+    fn retired(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed) >= RETIRE_AFTER
     }
 
     /// A subscription to `stream` from `from`, one chunk of credit at a
@@ -465,6 +486,7 @@ impl Session {
         from: OffsetSpecification,
     ) -> Result<Subscription, BackendError> {
         let (sender, chunks) = mpsc::unbounded_channel();
+        self.subscribed.fetch_add(1, Ordering::Relaxed);
         let id = {
             let mut routes = lock(&self.routes);
             if routes.closed {
@@ -497,10 +519,19 @@ impl Session {
 
     /// A request and its answer: what the server sent before it has been
     /// handed to the handler's tasks.
+    ///
+    /// The request is a publisher sequence query (a reference nobody
+    /// uses): the smallest answer there is. Not `metadata`: the client's
+    /// decoder of its answer panics now and then on RabbitMQ 3.10 (a slice
+    /// index out of range in rabbitmq-stream-protocol 0.4.3), which ends the
+    /// connection's reader task.
     async fn round_trip(&self, stream: &str) -> Result<(), BackendError> {
-        bounded("metadata", self.client.metadata(vec![stream.to_string()]))
-            .await
-            .map(drop)
+        bounded(
+            "a round trip",
+            self.client.query_publisher_sequence(BARRIER, stream),
+        )
+        .await
+        .map(drop)
     }
 
     /// Declares `stream` with `retention`; one that exists already is fine.
@@ -759,10 +790,10 @@ impl RabbitMq {
         }
     }
 
-    /// The shared connection, made again when it closed.
+    /// The shared connection, made again when it closed or retired.
     async fn session(&self) -> Result<Arc<Session>, BackendError> {
         let mut commands = self.commands.lock().await;
-        if let Some(session) = commands.as_ref().filter(|s| !s.closed()) {
+        if let Some(session) = commands.as_ref().filter(|s| !s.closed() && !s.retired()) {
             return Ok(Arc::clone(session));
         }
         let session = Session::connect(&self.options, self.connect_timeout).await?;

@@ -137,6 +137,10 @@ test('bad option values fail before anything runs', () => {
         ['--stack-name', 'has_underscore'],
         ['--region'],
         ['--package-type', 'zip', '--config', '/etc/gateway/examples/fan-in.toml'],
+        ['--subnets', 'subnet-0abc1234'],
+        ['--security-groups', 'sg-0abc1234'],
+        ['--subnets', 'subnet-0abc1234 subnet-0def5678', '--security-groups', 'sg-0abc1234'],
+        ['--subnets', 'subnet-0abc1234', '--security-groups', 'sg-0abc1234;reboot'],
     ]) {
         const r = deploy(args);
         assert.notEqual(r.status, 0, args.join(' '));
@@ -226,6 +230,20 @@ test('--profile reaches every aws and sam call, --config becomes ConfigPath', ()
     }
     const main = deploys(r.calls)[1];
     assert.equal(parameterOverrides(main.argv).ConfigPath, '/etc/gateway/examples/fan-in.toml');
+});
+
+test('--subnets and --security-groups put the function in a VPC (SubnetIds, SecurityGroupIds)', () => {
+    const r = deploy([
+        '--subnets', 'subnet-0abc1234,subnet-0def5678',
+        '--security-groups', 'sg-0abc1234',
+    ]);
+    assert.equal(r.status, 0, r.stderr);
+    const overrides = parameterOverrides(deploys(r.calls)[1].argv);
+    assert.equal(overrides.SubnetIds, 'subnet-0abc1234,subnet-0def5678');
+    assert.equal(overrides.SecurityGroupIds, 'sg-0abc1234');
+    const plain = parameterOverrides(deploys(deploy([]).calls)[1].argv);
+    assert.equal(plain.SubnetIds, undefined);
+    assert.equal(plain.SecurityGroupIds, undefined);
 });
 
 test('the main region defaults to the configured one, else us-east-1', () => {

@@ -309,6 +309,20 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
             passed.append(name.clone(), value.clone());
         }
     }
+    // The platform's deadline (less the margin) bounds the stream, and the
+    // work the request starts (a durable job).
+    let time_left = gateway.deadlines.remaining(&parts);
+    let lifetime = match time_left {
+        Some(Duration::ZERO) => {
+            tracing::warn!(route = %route.name, "The invocation's deadline is within lambda.deadline_margin: the stream ends at once (raise the function's timeout or lower the margin)");
+            Duration::ZERO
+        }
+        Some(left) if left < route.max_lifetime => {
+            tracing::debug!(route = %route.name, left_ms = left.as_millis() as u64, "Stream ends before the invocation's deadline");
+            left
+        }
+        _ => route.max_lifetime,
+    };
     let context = RequestContext {
         method: parts.method.clone(),
         path: path.to_string(),
@@ -318,6 +332,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         body,
         last_event_id: None,
         job: None,
+        time_left,
     };
     // One context per backend, the last one this very context: the body is
     // shared by all (a reference count), the rest copied once per backend.
@@ -340,17 +355,6 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
             error
         })?;
     let format = negotiated.format;
-    let lifetime = match gateway.deadlines.remaining(&parts) {
-        Some(Duration::ZERO) => {
-            tracing::warn!(route = %route.name, "The invocation's deadline is within lambda.deadline_margin: the stream ends at once (raise the function's timeout or lower the margin)");
-            Duration::ZERO
-        }
-        Some(left) if left < route.max_lifetime => {
-            tracing::debug!(route = %route.name, left_ms = left.as_millis() as u64, "Stream ends before the invocation's deadline");
-            left
-        }
-        _ => route.max_lifetime,
-    };
     let session = Session::new(
         Arc::clone(&route),
         format,

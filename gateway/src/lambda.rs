@@ -25,7 +25,7 @@ use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap, HeaderName};
 
 use crate::config::{LambdaConfig, LambdaMode};
-use crate::server::{Gateway, app, until_shutdown};
+use crate::server::{Gateway, app, until_shutdown, with_jobs};
 
 /// Set by Lambda for the runtime process (and its extensions).
 pub const RUNTIME_API: &str = "AWS_LAMBDA_RUNTIME_API";
@@ -206,7 +206,8 @@ pub async fn run(gateway: Arc<Gateway>) -> Result<(), lambda_http::Error> {
     let runtime = lambda_http::run_with_streaming_response(app(Arc::clone(&gateway)));
     // The runtime never returns by itself: the grace always runs out, and
     // that is no news.
-    until_shutdown(runtime, shutdown, || gateway.shutdown_grace(), None).await
+    let serving = with_jobs(&gateway, runtime);
+    until_shutdown(serving, shutdown, || gateway.shutdown_grace(), None).await
 }
 
 /// Registers [`EXTENSION_NAME`] with the Extensions API and waits for its

@@ -26,6 +26,7 @@ use crate::handler;
 use crate::lambda::{self, Deadlines};
 use crate::metrics::Metrics;
 use crate::route::Route;
+use backends::durable::Durable;
 
 /// Everything a request needs: routes, limits, the shutdown signal.
 #[derive(Debug)]
@@ -50,6 +51,8 @@ pub struct Gateway {
     pub(crate) client_streams: Arc<Tally>,
     /// The header naming the client's address (`server.client_ip_header`).
     pub(crate) client_ip_header: Option<HeaderName>,
+    /// The durable routes' jobs, ended on shutdown.
+    durables: Vec<Durable>,
 }
 
 /// A path where clients holding one of `tokens` append events.
@@ -141,6 +144,7 @@ impl Gateway {
                 }),
         );
         let metrics = Metrics::new(&routes);
+        let durables = routes.iter().filter_map(|r| r.durable.clone()).collect();
         for route in routes {
             let (name, path) = (Arc::clone(&route.name), route.path.clone());
             if let Err(e) = router.insert(path, Arc::new(route)) {
@@ -181,6 +185,7 @@ impl Gateway {
             deadlines: Deadlines::default(),
             publishers: matchit::Router::new(),
             metrics,
+            durables,
         })
     }
 
@@ -257,12 +262,27 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> io::Result<(
         shutdown.clone(),
     );
     until_shutdown(
-        server,
+        with_jobs(&gateway, server),
         shutdown,
         || gateway.shutdown_grace(),
         Some("Connections still open after the shutdown grace; closing them"),
     )
     .await
+}
+
+/// Runs `service` and, once `gateway` shuts down, ends the durable jobs it
+/// runs (each job's end on the bus: readers anywhere learn it now).
+pub(crate) async fn with_jobs<T>(gateway: &Gateway, service: impl Future<Output = T>) -> T {
+    tokio::pin!(service);
+    tokio::select! {
+        out = &mut service => return out,
+        () = gateway.shutdown.cancelled() => {}
+    }
+    if !gateway.durables.is_empty() {
+        tracing::info!("Shutting down: ending the durable jobs this instance runs");
+    }
+    let jobs = futures::future::join_all(gateway.durables.iter().map(Durable::stop_jobs));
+    futures::future::join(service, jobs).await.0
 }
 
 /// Runs `service` until `shutdown`, then gives it `grace()` (read at that

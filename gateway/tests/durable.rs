@@ -147,12 +147,18 @@ lease = "{lease}"
     }
 
     async fn instance(&self) -> Instance {
+        self.instance_with(&[]).await
+    }
+
+    /// An instance with `env` set too.
+    async fn instance_with(&self, env: &[(&str, &str)]) -> Instance {
         let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
         command
             .args(["--config", &self.config.display().to_string()])
             .env("GATEWAY__SERVER__PORT", "0")
             .env("GATEWAY__SERVER__LOG_FORMAT", "json")
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied());
         let (child, address) = within("the gateway listens", listening(command)).await;
         Instance {
             child,
@@ -404,6 +410,81 @@ async fn a_dead_instance_ends_its_jobs_with_producer_lost(bus: Bus) {
         killed.elapsed() < Duration::from_secs(10),
         "ended {:?} after the kill",
         killed.elapsed()
+    );
+}
+
+fn message_of(end: &eventsource_stream::Event) -> String {
+    serde_json::from_str::<Value>(&end.data).expect("JSON")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// An instance that shuts down (SIGTERM) ends the jobs it runs itself:
+/// readers elsewhere get `producer_lost` at once, not a lease (30 s) later,
+/// and the producer's processes are gone.
+#[tokio::test]
+async fn a_gateway_that_shuts_down_ends_its_jobs_at_once() {
+    let setup = Setup::new(Bus::Redis, "30s", "").await;
+    let (mut a, b) = (setup.instance().await, setup.instance().await);
+    let job = new_job("shutdown");
+    let (_, mut on_a) = open(&format!("{}/jobs/{job}?n=100000&pause=0.05", a.base), None).await;
+    next(&mut on_a).await;
+    let (_, mut on_b) = open(&format!("{}/jobs/{job}", b.base), None).await;
+    next(&mut on_b).await;
+    let pid = a.child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let stopped = std::time::Instant::now();
+    let end = rest(&mut on_b).await.pop().expect("an end");
+    assert_eq!(status_of(&end), "producer_lost");
+    assert!(message_of(&end).contains("shut down"), "{end:?}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "ended {:?} after SIGTERM (the lease is 30 s)",
+        stopped.elapsed()
+    );
+    let status = within("the instance exits", a.child.wait())
+        .await
+        .expect("an exit status");
+    assert!(status.success(), "{status}");
+    for pid in setup.runs(&job).into_iter().chain(setup.children(&job)) {
+        assert!(!alive(pid), "process {pid} of the job still runs");
+    }
+}
+
+/// A request whose platform deadline is near (a Lambda invocation's: here
+/// `lambda.function_timeout` 2 s, less a 1 s margin) starts a job that ends
+/// by then, with `timeout` and the reason, for every reader.
+#[tokio::test]
+async fn a_job_started_in_a_lambda_invocation_ends_before_its_deadline() {
+    let setup = Setup::new(Bus::Redis, "30s", "").await;
+    let lambda = setup
+        .instance_with(&[
+            ("GATEWAY__LAMBDA__FUNCTION_TIMEOUT", "2s"),
+            ("GATEWAY__LAMBDA__DEADLINE_MARGIN", "1s"),
+        ])
+        .await;
+    let other = setup.instance().await;
+    let job = new_job("deadline");
+    let started = std::time::Instant::now();
+    let (_, mut on_lambda) = open(
+        &format!("{}/jobs/{job}?n=100000&pause=0.05", lambda.base),
+        None,
+    )
+    .await;
+    next(&mut on_lambda).await;
+    let (_, mut elsewhere) = open(&format!("{}/jobs/{job}", other.base), None).await;
+    let end = rest(&mut elsewhere).await.pop().expect("an end");
+    assert_eq!(status_of(&end), "timeout");
+    assert!(message_of(&end).contains("Lambda invocation"), "{end:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "ended {:?} after the start",
+        started.elapsed()
     );
 }
 
