@@ -112,7 +112,11 @@ impl Chain {
         let gateway = TestServer::route(
             "/",
             vec![("recorder", Arc::clone(&backend) as Arc<dyn Backend>)],
-            |route| route.pass_headers = vec!["authorization".into()],
+            |route| {
+                route.pass_headers = vec!["authorization".into()];
+                // A header of the route's own comes back through the chain.
+                route.response_headers = [("X-AggregateInfo-Result".into(), "OK".into())].into();
+            },
             server,
         )
         .await;

@@ -59,6 +59,12 @@ async fn every_answer_names_its_request_id() {
     // Streams name it too, in their headers.
     let streamed = request_id(&server, "/?format=ndjson", &[("x-request-id", "stream-1")]).await;
     assert_eq!(streamed, "stream-1");
+    // The health check too (a load balancer's probes are requests).
+    assert_eq!(
+        request_id(&server, "/healthz", &[("x-request-id", "probe-7")]).await,
+        "probe-7"
+    );
+    assert!(!request_id(&server, "/healthz", &[]).await.is_empty());
 }
 
 mod cors {
@@ -151,6 +157,14 @@ mod cors {
         )
         .await;
         assert_eq!(header(&other, "access-control-allow-origin"), None);
+        for name in [
+            "access-control-allow-credentials",
+            "access-control-allow-methods",
+            "access-control-allow-headers",
+            "access-control-max-age",
+        ] {
+            assert_eq!(header(&other, name), None, "{name} to another origin");
+        }
     }
 
     #[tokio::test]
@@ -174,6 +188,20 @@ mod cors {
         );
         let vary = header(&response, "vary").unwrap_or_default();
         assert!(vary.contains("origin") && vary.contains("accept"), "{vary}");
+        // A stream to an origin not allowed says nothing of the settings.
+        let other = send(
+            client()
+                .get(server.url("/open?format=sse"))
+                .header("origin", "https://evil.example"),
+        )
+        .await;
+        for name in [
+            "access-control-allow-origin",
+            "access-control-allow-credentials",
+            "access-control-expose-headers",
+        ] {
+            assert_eq!(header(&other, name), None, "{name} to another origin");
+        }
         // Without CORS, a route answers no other origin, and no preflight.
         let closed = TestServer::default_config().await;
         let plain = send(client().get(closed.url("/")).header("origin", APP)).await;

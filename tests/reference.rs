@@ -192,3 +192,25 @@ async fn health_answers_for_the_adapter() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "ok");
 }
+
+/// The reference system's `X-AggregateInfo-Result` belongs to the
+/// reference route: a route of a user's config sends no such header.
+#[tokio::test]
+async fn the_reference_header_stays_on_the_reference_route() {
+    let config = gateway::config::load(
+        gateway::config::Source::Text {
+            origin: "test",
+            text: "[routes.ticks]\npath = \"/ticks\"\nmax_lifetime = \"1s\"\n[routes.ticks.backends.clock]\ntype = \"ticker\"\ninterval = \"100ms\"\ncount = 1\n",
+        },
+        Some(std::collections::HashMap::new()),
+    )
+    .expect("a config");
+    let server = TestServer::from_config(&config).await;
+    let response = client().get(server.url("/ticks")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("x-aggregateinfo-result").is_none(),
+        "{:?}",
+        response.headers()
+    );
+}

@@ -67,12 +67,39 @@ pub async fn dispatch(State(gateway): State<Arc<Gateway>>, request: Request) -> 
                 async move { Ok::<_, std::convert::Infallible>(answer(gateway, request).await) }
             });
             match cors.layer(inner).oneshot(request).instrument(span).await {
-                Ok(response) => response,
+                Ok(response) => only_for_allowed_origins(response),
                 Err(never) => match never {},
             }
         }
     };
     finish(&metrics_of, id, response)
+}
+
+/// The CORS layer adds `Access-Control-Allow-Credentials`,
+/// `-Expose-Headers` (and a preflight's `-Allow-Methods`, `-Allow-Headers`,
+/// `-Max-Age`) whatever the origin; an answer to an origin it did not allow
+/// (no `Access-Control-Allow-Origin`) keeps none of them: a page of another
+/// origin learns nothing of the route's CORS settings.
+fn only_for_allowed_origins(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        for name in [
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::ACCESS_CONTROL_MAX_AGE,
+        ] {
+            headers.remove(name);
+        }
+    }
+    response
+}
+
+/// `/healthz`'s answer named by the request's id, as every other answer.
+pub(crate) fn identified(gateway: &Gateway, request: &Request, response: Response) -> Response {
+    let id = request_id(gateway, request.headers(), request.extensions());
+    with_request_id(id, response)
 }
 
 /// Answers a request refused before it reached a route (by the listener's
@@ -93,17 +120,33 @@ pub(crate) fn refuse(
 /// What every answer gets: counted by status, `Vary: Accept`, its id.
 fn finish(gateway: &Gateway, id: String, response: Response) -> Response {
     gateway.metrics.responded(response.status());
-    let mut response = with_vary(response);
+    with_request_id(id, with_vary(response))
+}
+
+/// `response` naming its request's id.
+fn with_request_id(id: String, mut response: Response) -> Response {
     if let Ok(value) = HeaderValue::try_from(id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
 }
 
+/// The request's answer; one refused gets a log line (in the request's
+/// span, so with its id): what was asked and why it was refused.
 async fn answer(gateway: Arc<Gateway>, request: Request) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
     match stream(&gateway, request).await {
         Ok(response) => response,
-        Err(error) => error.into_response(),
+        Err(error) => {
+            let status = error.status().as_u16();
+            let path = backends::Shown(&path);
+            if status >= 500 {
+                tracing::warn!(status, %method, %path, "Request failed: {}", error.message());
+            } else {
+                tracing::info!(status, %method, %path, "Request refused: {}", error.message());
+            }
+            error.into_response()
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -233,19 +233,22 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
 }
 
 /// Readiness for the Lambda adapter and load balancers: 200 while serving,
-/// 503 once shutting down.
-async fn health(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
-    if gateway.shutdown.is_cancelled() {
+/// 503 once shutting down; named by the request's id as every answer.
+async fn health(State(gateway): State<Arc<Gateway>>, request: axum::extract::Request) -> Response {
+    let answer = if gateway.shutdown.is_cancelled() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({"status": "shutting_down"})),
         )
+            .into_response()
     } else {
         (
             StatusCode::OK,
             axum::Json(json!({"status": "ok", "open_streams": gateway.open_streams()})),
         )
-    }
+            .into_response()
+    };
+    crate::handler::identified(&gateway, &request, answer)
 }
 
 /// Serves `gateway` on `listener` until its shutdown token is cancelled.

@@ -895,6 +895,67 @@ fn a_stream_logs_its_end_with_its_request_id() {
     );
 }
 
+/// A request refused (404, 406, 401…) leaves a log line with its id, its
+/// status, what it asked and why: an operator can answer "why did my
+/// client get 404?" from the log.
+#[test]
+fn a_refused_request_logs_its_status_and_reason() {
+    let mut cmd = gateway();
+    cmd.env("GATEWAY__SERVER__PORT", "0");
+    let mut process = Process::spawn(cmd);
+    let port = process.port();
+    let missing = get(
+        port,
+        "/nowhere",
+        &[("X-Request-Id", "req-refused-404"), ("Connection", "close")],
+    );
+    assert_eq!(missing.status, 404);
+    let line = process.wait_for_line("the 404's log line", |l| l.contains("req-refused-404"));
+    assert!(line.contains("Request refused"), "{line}");
+    assert!(line.contains("404") && line.contains("/nowhere"), "{line}");
+    let refused = get(
+        port,
+        "/",
+        &[
+            ("X-Request-Id", "req-refused-406"),
+            ("Accept", "image/png"),
+            ("Connection", "close"),
+        ],
+    );
+    assert_eq!(refused.status, 406);
+    let line = process.wait_for_line("the 406's log line", |l| l.contains("req-refused-406"));
+    assert!(line.contains("406"), "{line}");
+}
+
+/// Logs to anything but a terminal (a file, a pipe to a shipper) carry no
+/// ANSI colour codes, even without `NO_COLOR`.
+#[test]
+fn logs_to_a_file_have_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("gateway.log");
+    let file = std::fs::File::create(&path).expect("the log file");
+    let mut cmd = gateway();
+    cmd.env_remove("NO_COLOR").env("GATEWAY__SERVER__PORT", "0");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("start the gateway binary");
+    let started = Instant::now();
+    let log = loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.contains("Listening") || started.elapsed() > PROCESS_TIMEOUT {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.contains("Listening"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a file: {log:?}");
+}
+
 #[test]
 fn a_port_in_use_fails_with_status_1() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");

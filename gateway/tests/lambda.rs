@@ -33,6 +33,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const CONFIG: &str = r#"
 [routes.reference]
 path = "/"
+[routes.reference.response_headers]
+X-AggregateInfo-Result = "OK"
 [routes.reference.backends.demo]
 type = "demo"
 

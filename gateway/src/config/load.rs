@@ -495,6 +495,7 @@ mod tests {
         route
             .backends
             .insert("demo".into(), BackendConfig::Demo(DemoConfig::default()));
+        route.response_headers = BTreeMap::from([("X-AggregateInfo-Result".into(), "OK".into())]);
         let expected = GatewayConfig {
             server: ServerConfig::default(),
             lambda: LambdaConfig::default(),

@@ -313,9 +313,10 @@ pub struct RouteConfig {
     /// them. Default: none.
     #[serde(default)]
     pub pass_headers: Vec<String>,
-    /// Headers added to every stream response of the route.
-    /// Default: `{ X-AggregateInfo-Result = "OK" }`, as the reference did.
-    #[serde(default = "default_response_headers")]
+    /// Headers added to every stream response of the route. Default: none
+    /// (the built-in reference route sets the reference system's
+    /// `X-AggregateInfo-Result: OK`).
+    #[serde(default)]
     pub response_headers: BTreeMap<String, String>,
     /// Cross-origin access for browsers on other origins. Default: none
     /// (browsers keep pages of other origins out).
@@ -432,7 +433,7 @@ impl RouteConfig {
             max_idle: default_max_idle(),
             open_timeout: default_open_timeout(),
             pass_headers: Vec::new(),
-            response_headers: default_response_headers(),
+            response_headers: BTreeMap::new(),
             cors: None,
             auth: AuthConfig::default(),
             durable: None,
@@ -519,9 +520,6 @@ fn default_max_idle() -> Duration {
 }
 fn default_open_timeout() -> Duration {
     Duration::from_secs(10)
-}
-fn default_response_headers() -> BTreeMap<String, String> {
-    BTreeMap::from([("X-AggregateInfo-Result".into(), "OK".into())])
 }
 
 /// The largest heartbeat, retry, lifetime or idle time accepted: a week.
