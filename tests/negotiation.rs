@@ -166,3 +166,75 @@ async fn unknown_format_parameter_is_a_bad_request() {
         "{body}"
     );
 }
+
+/// NDJSON of a one-backend route is the events' data alone; a `curl` user
+/// who wants to resume asks for the envelope (`?envelope=always`): each
+/// line then has its `id`, which `Last-Event-ID` resumes after. An unknown
+/// value is a 400 that names the ones there are.
+#[tokio::test]
+async fn ndjson_clients_ask_for_ids_with_the_envelope() {
+    use backends::ticker::{Ticker, TickerConfig};
+    use std::sync::Arc;
+    let ticker = Arc::new(Ticker::new(TickerConfig {
+        interval: std::time::Duration::from_millis(10),
+        count: Some(5),
+        ..TickerConfig::default()
+    }));
+    let server = TestServer::route(
+        "/ticks",
+        vec![("clock", ticker as Arc<dyn backends::Backend>)],
+        |_| {},
+        gateway::config::ServerConfig::default(),
+    )
+    .await;
+    let lines = |body: String| -> Vec<Value> {
+        body.lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    let plain = client()
+        .get(server.url("/ticks?format=ndjson"))
+        .send()
+        .await
+        .expect("a response");
+    let plain = lines(plain.text().await.expect("a body"));
+    assert_eq!(plain[0]["seq"], 1, "the data alone: {plain:?}");
+    assert!(plain[0].get("id").is_none());
+
+    let enveloped = client()
+        .get(server.url("/ticks?format=ndjson&envelope=always"))
+        .send()
+        .await
+        .expect("a response");
+    let enveloped = lines(enveloped.text().await.expect("a body"));
+    assert_eq!(enveloped.len(), 5, "{enveloped:?}");
+    assert_eq!(enveloped[1]["data"]["seq"], 2);
+    let id = enveloped[1]["id"]
+        .as_str()
+        .expect("each line's id")
+        .to_string();
+    let resumed = client()
+        .get(server.url("/ticks?format=ndjson&envelope=always"))
+        .header("last-event-id", &id)
+        .send()
+        .await
+        .expect("a response");
+    let resumed = lines(resumed.text().await.expect("a body"));
+    let seqs: Vec<&Value> = resumed.iter().map(|l| &l["data"]["seq"]).collect();
+    assert_eq!(seqs, [3, 4, 5], "resumed after {id}");
+
+    let wrong = client()
+        .get(server.url("/ticks?format=ndjson&envelope=yes"))
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(wrong.status(), 400);
+    let body: Value = wrong.json().await.expect("a JSON body");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("always"),
+        "{body}"
+    );
+}

@@ -275,6 +275,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         }
     }
     let negotiated = negotiate_format(&parts.headers, &query, readable)?;
+    let envelope = envelope_param(&query, route.envelope)?;
     if gateway.shutdown.is_cancelled() {
         // HEAD opens no stream: no stream was refused.
         if parts.method != Method::HEAD {
@@ -408,6 +409,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         permit,
         gateway.metrics.stream(&route, format, requested),
     )
+    .enveloped(envelope)
     .holding(client_slot)
     .credential_expires(
         grant
@@ -539,6 +541,29 @@ async fn publish(
         axum::Json(serde_json::json!({ "id": id })),
     )
         .into_response())
+}
+
+/// The query parameter that puts a request's events in the envelope or
+/// not, whatever the route's `envelope` (an NDJSON client that wants each
+/// line's id to resume with: `?envelope=always`).
+const ENVELOPE_PARAM: &str = "envelope";
+
+/// Whether the request's events are in the envelope: `?envelope=always`,
+/// `never`, or the route's own choice (`auto`, or no parameter).
+fn envelope_param(query: &[(String, String)], route: bool) -> Result<bool, ApiError> {
+    match query
+        .iter()
+        .find(|(k, _)| k == ENVELOPE_PARAM)
+        .map(|(_, v)| v.as_str())
+    {
+        None | Some("auto") => Ok(route),
+        Some("always") => Ok(true),
+        Some("never") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "envelope={} is unknown; use envelope=always, never or auto",
+            Shown(other)
+        ))),
+    }
 }
 
 /// The stream format; `page` says whether the route also offers the viewer

@@ -189,9 +189,10 @@ impl Route {
         names.join(", ")
     }
 
-    /// The encoder for a stream of this route in `format`.
-    pub fn encoder(&self, format: Format) -> Encoder {
-        Encoder::new(format, self.envelope, self.retry, &self.ndjson_heartbeat)
+    /// The encoder for a stream of this route in `format`, with the
+    /// envelope or without.
+    pub fn encoder(&self, format: Format, envelope: bool) -> Encoder {
+        Encoder::new(format, envelope, self.retry, &self.ndjson_heartbeat)
     }
 }
 

@@ -110,7 +110,7 @@ impl Session {
     ) -> Self {
         let now = Instant::now();
         let lifetime_ends = now + lifetime;
-        let encoder = route.encoder(format);
+        let encoder = route.encoder(format, route.envelope);
         let first_due = now + lifetime.min(route.max_idle).min(route.heartbeat);
         Self {
             events,
@@ -138,6 +138,13 @@ impl Session {
             span: tracing::Span::current(),
             route,
         }
+    }
+
+    /// Events in the envelope, or not, whatever the route's default (the
+    /// request's `?envelope=`).
+    pub fn enveloped(mut self, envelope: bool) -> Self {
+        self.encoder = self.route.encoder(self.format, envelope);
+        self
     }
 
     /// Holds `slot` (the client's place among its streams) until the
