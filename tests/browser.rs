@@ -532,6 +532,8 @@ async fn the_viewer_shows_events_live() {
     clock.max_lifetime = Duration::from_secs(3);
     let mixed = RouteConfig::new("/mixed");
     let fast = RouteConfig::new("/fast");
+    let mut done = RouteConfig::new("/done");
+    done.retry = Duration::from_millis(200);
     let (listener, addr) = loopback().await;
     let gateway = Running::start(
         listener,
@@ -543,20 +545,36 @@ async fn the_viewer_shows_events_live() {
                 vec![("left", ticker(150)), ("right", ticker(150))],
             ),
             route("fast", &fast, vec![("burst", ticker(1))]),
+            route(
+                "done",
+                &done,
+                vec![(
+                    "four",
+                    Arc::new(Ticker::new(TickerConfig {
+                        interval: Duration::from_millis(50),
+                        count: Some(4),
+                        ..TickerConfig::default()
+                    })) as Arc<dyn Backend>,
+                )],
+            ),
         ],
     );
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifact folder");
     let artifact = artifacts.join("viewer.png");
+    let phone_artifact = artifacts.join("viewer-390px.png");
     let _ = std::fs::remove_file(&artifact);
+    let _ = std::fs::remove_file(&phone_artifact);
     let mut driver = Driver::start(
         "viewer.mjs",
         &json!({
             "url": format!("http://{addr}/clock/utc?since=now"),
             "fan_in": format!("http://{addr}/mixed"),
             "fast": format!("http://{addr}/fast"),
+            "done": format!("http://{addr}/done"),
             "max_rows": gateway::viewer::MAX_ROWS,
             "artifact": artifact,
+            "phone_artifact": phone_artifact,
             "timeout_ms": 60000,
         }),
     );
@@ -600,7 +618,34 @@ async fn the_viewer_shows_events_live() {
         "{fast}"
     );
     assert_eq!(fast["rows"], gateway::viewer::MAX_ROWS, "{fast}");
-    assert!(artifact.exists());
-    println!("viewer screenshot: {}", artifact.display());
+    // Events arriving show a rate at once (10 a second here).
+    let first_rate: f64 = r["first_rate"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("a rate");
+    assert!(first_rate > 0.0, "{r}");
+    // A stream that ended is complete: no error, no reconnect counted.
+    let done = &r["done"];
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["reconnects"], 0, "{done}");
+    assert_ne!(done["note_class"], "error", "{done}");
+    assert_eq!(done["rows"], 4, "{done}");
+    // At 390 px the data is there, and the page does not scroll sideways.
+    let phone = &r["phone"];
+    assert!(phone["data_width"].as_f64() > Some(200.0), "{phone}");
+    assert!(
+        phone["data_text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("seq"),
+        "{phone}"
+    );
+    assert!(phone["page_width"].as_f64() <= Some(390.0), "{phone}");
+    assert!(artifact.exists() && phone_artifact.exists());
+    println!(
+        "viewer screenshots: {} {}",
+        artifact.display(),
+        phone_artifact.display()
+    );
     gateway.stop().await;
 }

@@ -24,6 +24,8 @@ await run(config.timeout_ms, async (browser) => {
   const number = async (id) => Number(await page.textContent(id));
 
   await page.waitForFunction(() => document.querySelectorAll('#rows tr').length >= 3, null, WAIT);
+  // The rate shows while the first events arrive (it read 0.0/s).
+  result.first_rate = await page.textContent('#rate');
   await page.waitForFunction(() => document.getElementById('state').textContent === 'open', null, WAIT);
   result.state = await page.textContent('#state');
   result.columns = await page.locator('thead th').allTextContents();
@@ -78,6 +80,33 @@ await run(config.timeout_ms, async (browser) => {
   await page.waitForFunction((n) => Number(document.getElementById('count').textContent) > n,
     config.max_rows + 200, WAIT);
   result.fast = { count: await number('#count'), rows: await rows() };
+
+  // A stream that ends: its resume is answered 204, and the page says the
+  // stream is complete (not an error, no reconnect counted).
+  await page.goto(config.done);
+  await page.waitForFunction(() => document.getElementById('state').textContent === 'completed',
+    null, WAIT);
+  result.done = {
+    state: await page.textContent('#state'),
+    note: await page.textContent('#note'),
+    note_class: await page.getAttribute('#note', 'class'),
+    reconnects: await number('#reconnects'),
+    rows: await rows(),
+  };
+
+  // At phone width (390 px) every row still shows its data.
+  const phone = await browser.newPage({ viewport: { width: 390, height: 800 } });
+  phone.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') problems.push(m.text()); });
+  phone.on('pageerror', (e) => problems.push(String(e)));
+  await phone.goto(config.url);
+  await phone.waitForFunction(() => document.querySelectorAll('#rows tr').length >= 3, null, WAIT);
+  const cellBox = await phone.locator('#rows tr').first().locator('td.data').boundingBox();
+  result.phone = {
+    data_width: cellBox ? cellBox.width : 0,
+    data_text: await phone.locator('#rows tr').first().locator('td.data').textContent(),
+    page_width: await phone.evaluate(() => document.documentElement.scrollWidth),
+  };
+  await phone.screenshot({ path: config.phone_artifact });
   result.problems = problems;
   say({ result });
 });

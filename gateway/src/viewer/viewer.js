@@ -26,7 +26,12 @@
   let reconnects = 0;
   let opened = false;
   const buckets = new Array(60).fill(0);
-  let second = Math.floor(Date.now() / 1000);
+  const started = Date.now();
+  let second = Math.floor(started / 1000);
+  let drawn = 0;
+  // Why the page reconnected, newest last (shown on the counter).
+  const reasons = [];
+  let ending = '';
 
   function setState(state) {
     const el = $('state');
@@ -46,17 +51,27 @@
     }
     second = now;
   }
+  // Events per second over the last 5 s, the second under way included
+  // (a stream's first events show a rate at once), over no more time than
+  // the page has been counting.
   function drawRate() {
     roll();
-    const last5 = buckets.slice(-6, -1).reduce((a, b) => a + b, 0) / 5;
-    $('rate').textContent = last5 >= 10 ? Math.round(last5) : last5.toFixed(1);
+    const now = Date.now();
+    const span = Math.min(4 + (now % 1000) / 1000, (now - started) / 1000);
+    const recent = buckets.slice(-5).reduce((a, b) => a + b, 0);
+    const perSecond = recent / Math.max(span, 0.25);
+    $('rate').textContent = perSecond >= 10 ? Math.round(perSecond) : perSecond.toFixed(1);
     const max = Math.max(1, ...buckets);
     const points = buckets.map((n, i) => i + ',' + (19 - (n / max) * 18).toFixed(1));
     $('line').setAttribute('points', points.join(' '));
+    drawn = now;
   }
   function counters() {
     $('count').textContent = count;
     $('reconnects').textContent = reconnects;
+    $('reconnects').parentElement.title = reasons.length
+      ? 'reconnected after: ' + reasons.slice(-5).join('; ')
+      : 'times the page reconnected';
     $('held').textContent = paused
       ? 'paused, ' + held.length + ' held' + (droppedWhilePaused ? ', ' + droppedWhilePaused + ' dropped' : '')
       : '';
@@ -135,6 +150,10 @@
     } else {
       addRow(row);
     }
+    if (event.name === 'gateway.close') {
+      try { ending = 'the gateway ended the stream (' + JSON.parse(event.data).reason + ')'; } catch (_) { /* text */ }
+    }
+    if (Date.now() - drawn > 250) drawRate();
     counters();
   }
 
@@ -192,18 +211,31 @@
   }
 
   async function connect() {
-    setState(opened || reconnects ? 'reconnecting' : 'connecting');
+    setState(opened ? 'reconnecting' : 'connecting');
     const headers = { Accept: 'text/event-stream' };
     if (lastId) headers['Last-Event-ID'] = lastId;
+    let why;
     try {
       const response = await fetch(url, { headers, cache: 'no-store' });
       const type = response.headers.get('content-type') || '';
       if (response.status === 200 && type.startsWith('text/event-stream')) {
+        if (opened) {
+          reconnects += 1;
+          counters();
+        }
         opened = true;
         setState('open');
         note('');
+        ending = '';
         await read(response.body);
-        note('the stream ended; reconnecting in ' + retry + ' ms');
+        why = ending || 'the stream ended';
+        note(why + '; reconnecting in ' + retry + ' ms');
+      } else if (response.status === 204) {
+        // Nothing after the last id: the stream is complete, as
+        // EventSource takes a 204 to mean. Not an error.
+        setState('completed');
+        note(lastId ? 'complete: nothing comes after id ' + lastId : 'complete: the stream has no events');
+        return;
       } else {
         let message = 'HTTP ' + response.status;
         try {
@@ -217,12 +249,15 @@
           note(message + ' (not reconnecting; reload to retry)', true);
           return;
         }
+        why = message;
         note(message + '; reconnecting in ' + retry + ' ms', true);
       }
     } catch (error) {
-      note(String(error && error.message ? error.message : error) + '; reconnecting in ' + retry + ' ms', true);
+      why = String(error && error.message ? error.message : error);
+      note(why + '; reconnecting in ' + retry + ' ms', true);
     }
-    reconnects += 1;
+    reasons.push(why);
+    if (reasons.length > 20) reasons.shift();
     counters();
     setState('reconnecting');
     setTimeout(connect, retry);
