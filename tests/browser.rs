@@ -649,3 +649,41 @@ async fn the_viewer_shows_events_live() {
     );
     gateway.stop().await;
 }
+
+/// The README's browser snippet for the LLM example (the `js` block of
+/// "An LLM front end", read from the README so it cannot drift), run in a
+/// page of the gateway's origin against `config/examples/llm.toml` and the
+/// mock API: the answer appears token by token, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_llm_snippet_streams_an_answer_in_a_browser() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("the README");
+    let section = readme
+        .split("### An LLM front end")
+        .nth(1)
+        .expect("the README's LLM section");
+    let snippet = section
+        .split("```js\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a js block in it");
+    let (_mock, port) = gateway_tests::examples::mock_llm();
+    let server = gateway_tests::examples::llm_gateway(port).await;
+    let mut driver = Driver::start(
+        "snippet.mjs",
+        &json!({
+            "url": server.url("/healthz"),
+            "snippet": snippet,
+            "timeout_ms": 30000,
+        }),
+    );
+    let result = driver.next(Duration::from_secs(35)).await;
+    let r = &result["result"];
+    assert_eq!(r["problems"], json!([]), "{r}");
+    let text = r["text"].as_str().expect("the page's text");
+    assert!(
+        text.starts_with("You asked: What is a stream. This answer streams"),
+        "{text:?}"
+    );
+}

@@ -833,3 +833,119 @@ async fn a_client_that_goes_away_closes_the_upstream_request() {
         "no reconnect after the client left"
     );
 }
+
+/// An OpenAI-style chunk whose delta is `delta`.
+fn chunk(delta: Value) -> String {
+    let event = json!({
+        "id": "chatcmpl-1", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": null}],
+    });
+    format!("data: {event}\n\n")
+}
+
+/// An LLM API front end: the upstream request is made from the client's
+/// `{"prompt": …}` by the `body` template; each chunk's token is picked by
+/// `data_pointer` (chunks without one are skipped); `[DONE]` ends the stream
+/// although the upstream keeps its connection open; a body without the
+/// prompt is a 400 that names what is missing, before any upstream request.
+#[tokio::test]
+async fn an_llm_api_is_fronted_with_a_body_template_a_pointer_and_a_sentinel() {
+    for format in FORMATS {
+        let upstream = Upstream::start(vec![Reply::stream(
+            "text/event-stream",
+            vec![
+                send(&chunk(json!({"role": "assistant"}))),
+                send(&chunk(json!({"content": "Hel"}))),
+                send(&chunk(json!({"content": "lo"}))),
+                send(&chunk(json!({}))),
+                send("data: [DONE]\n\n"),
+                Step::Hang,
+            ],
+        )])
+        .await;
+        let config: HttpConfig = serde_json::from_value(json!({
+            "url": upstream.url("/v1/chat/completions"),
+            "method": "POST",
+            "body": {
+                "model": "m-1", "stream": true,
+                "messages": [{"role": "user", "content": "{{/prompt}}"}],
+                "max_tokens": "{{/limit}}",
+            },
+            "data_pointer": "/choices/0/delta/content",
+            "end_sentinel": "[DONE]",
+        }))
+        .expect("config");
+        let server = gateway(config, format.route()).await;
+        let response = client()
+            .post(server.url("/s/chat"))
+            .header("accept", format.accept())
+            .json(&json!({"prompt": "Say hello", "limit": 5}))
+            .send()
+            .await
+            .expect("response");
+        let events = Events::new(format, response).rest().await;
+        let tokens: Vec<&Value> = events.iter().map(|(_, _, data)| data).collect();
+        assert_eq!(
+            tokens,
+            [&json!("Hel"), &json!("lo")],
+            "{format:?}: {events:?}"
+        );
+        let seen = &upstream.seen()[0];
+        assert_eq!(
+            serde_json::from_slice::<Value>(&seen.body).expect("JSON body"),
+            json!({
+                "model": "m-1", "stream": true,
+                "messages": [{"role": "user", "content": "Say hello"}],
+                "max_tokens": 5,
+            })
+        );
+        assert_eq!(seen.header("content-type"), Some("application/json"));
+        // The sentinel closed the upstream request.
+        upstream.closed(1).await;
+
+        let refused = client()
+            .post(server.url("/s/chat"))
+            .json(&json!({"question": "?"}))
+            .send()
+            .await
+            .expect("response");
+        assert_eq!(refused.status(), 400);
+        let body: Value = refused.json().await.expect("JSON");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("/prompt"),
+            "{body}"
+        );
+        assert_eq!(upstream.seen().len(), 1, "no upstream request for it");
+    }
+}
+
+/// The LLM settings are checked with the rest: a template with too many
+/// placeholders, a body with GET, a pointer that is no pointer, an empty
+/// sentinel, all named at once.
+#[test]
+fn llm_settings_are_checked() {
+    let many: Vec<String> = (0..=backends::template::MAX_PLACEHOLDERS)
+        .map(|_| "{{/x}}".to_string())
+        .collect();
+    let config: HttpConfig = serde_json::from_value(json!({
+        "url": "http://127.0.0.1:1/",
+        "method": "GET",
+        "body": {"many": many},
+        "data_pointer": "choices/0",
+        "end_sentinel": "",
+    }))
+    .expect("config");
+    let keys: Vec<String> = BackendConfig::Http(config)
+        .validate()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(
+        keys,
+        ["body", "body", "data_pointer", "end_sentinel"],
+        "{keys:?}"
+    );
+}

@@ -81,6 +81,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use crate::env::expand as expand_env;
 use crate::json::{Key, Scalar, Shape};
 use crate::problem::Problem;
+use crate::template::BodyTemplate;
 use crate::{
     Backend, BackendError, BackendStats, Data, ErrorKind, Event, EventStream, RequestContext,
 };
@@ -164,6 +165,25 @@ pub struct HttpConfig {
     /// (a string). Default: none.
     #[serde(default)]
     pub name_field: Option<String>,
+    /// The upstream request's JSON body, made from the client's: a JSON
+    /// value (a TOML table) whose strings may hold `{{/pointer}}`
+    /// placeholders, filled from the client's JSON body (see
+    /// [`crate::template`]): `{ model = "m", stream = true, messages =
+    /// [{ role = "user", content = "{{/prompt}}" }] }`. A client body that
+    /// lacks a pointer is refused with 400. Sent instead of the client's
+    /// body (`forward_body` does not apply). Default: none.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// A JSON pointer (RFC 6901) into each upstream event's JSON data: the
+    /// value there is the event's data (an LLM API's token:
+    /// `/choices/0/delta/content`), and an event without it (a role-only
+    /// or a final chunk) is skipped. Default: none (the whole event).
+    #[serde(default)]
+    pub data_pointer: Option<String>,
+    /// An upstream event whose data is exactly this text ends the stream, as
+    /// its body's end would (OpenAI's `[DONE]`). Default: none.
+    #[serde(default)]
+    pub end_sentinel: Option<String>,
 }
 
 fn default_forward_body() -> bool {
@@ -206,6 +226,9 @@ impl HttpConfig {
             max_line_bytes: default_max_line_bytes(),
             id_field: None,
             name_field: None,
+            body: None,
+            data_pointer: None,
+            end_sentinel: None,
         }
     }
 }
@@ -394,6 +417,27 @@ impl HttpConfig {
                 _ => {}
             }
         }
+        if let Some(body) = &self.body {
+            if let Err(reason) = BodyTemplate::new(body.clone()) {
+                problems.push(Problem::new("body", reason));
+            }
+            if self.method == Some(UpstreamMethod::Get) {
+                problems.push(Problem::new(
+                    "body",
+                    "is never sent with method = \"GET\"; use POST",
+                ));
+            }
+        }
+        match self.data_pointer.as_deref() {
+            Some(p) if !p.is_empty() && !p.starts_with('/') => problems.push(Problem::new(
+                "data_pointer",
+                "must be a JSON pointer: \"\" or starting with / (\"/choices/0/delta/content\")",
+            )),
+            _ => {}
+        }
+        if self.end_sentinel.as_deref() == Some("") {
+            problems.push(Problem::new("end_sentinel", "must not be empty"));
+        }
         problems
     }
 }
@@ -571,6 +615,8 @@ struct Shared {
     /// sensitive (so that they never show in logs).
     headers: HeaderMap,
     forward: Vec<HeaderName>,
+    /// The upstream request's body, when made from the client's.
+    body: Option<BodyTemplate>,
     /// Reconnects of its streams.
     stats: BackendStats,
 }
@@ -629,12 +675,19 @@ impl Shared {
             .user_agent(concat!("gateway/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {}", chain(&e)))?;
+        let body = config
+            .body
+            .clone()
+            .map(BodyTemplate::new)
+            .transpose()
+            .map_err(|e| format!("body {e}"))?;
         Ok(Self {
             config: config.clone(),
             client,
             url,
             headers,
             forward,
+            body,
             stats: BackendStats::new("http"),
         })
     }
@@ -740,8 +793,20 @@ impl UpstreamRequest {
                 }
             }
         }
-        let body = match &ctx.body {
-            Some(body) if shared.config.forward_body && method != Method::GET => {
+        let body = match (&shared.body, &ctx.body) {
+            (Some(template), client) => {
+                let filled = template
+                    .fill(client.as_ref().map(|b| b.as_str()))
+                    .map_err(BackendError::bad_request)?;
+                if !headers.contains_key(header::CONTENT_TYPE) {
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                }
+                Some(Bytes::from(filled.to_string()))
+            }
+            (None, Some(body)) if shared.config.forward_body && method != Method::GET => {
                 if !headers.contains_key(header::CONTENT_TYPE) {
                     headers.insert(
                         header::CONTENT_TYPE,
@@ -752,7 +817,7 @@ impl UpstreamRequest {
                 // sent again on every reconnect.
                 Some(body.to_bytes())
             }
-            _ => None,
+            (None, _) => None,
         };
         Ok(Self {
             method,
@@ -938,6 +1003,20 @@ struct Reader {
     ended: bool,
 }
 
+/// `event` with its data the value at `pointer` of its JSON data; `None`
+/// when it has none there (or its data is text).
+fn picked(event: &Event, pointer: &str) -> Option<Event> {
+    if !event.data.is_json() {
+        return None;
+    }
+    let value = event.data.to_value();
+    let data = Data::json(value.pointer(pointer)?);
+    Some(Event {
+        data,
+        ..event.clone()
+    })
+}
+
 /// Decoded items a reader keeps room for between chunks: one chunk of
 /// tiny lines (hundreds of KiB) makes as many events, and their queue must
 /// not stay that large for the rest of the stream.
@@ -999,6 +1078,10 @@ impl Reader {
     }
 
     fn apply(&mut self, item: Item) {
+        if self.ended {
+            // After the end sentinel: nothing more.
+            return;
+        }
         match item {
             Item::Event(event, id) => {
                 if let Some(repeat) = self.skip_repeat.take() {
@@ -1006,8 +1089,22 @@ impl Reader {
                         return;
                     }
                 }
+                let shared = Arc::clone(&self.shared);
+                let config = &shared.config;
+                if config.end_sentinel.as_deref() == Some(event.data.as_str()) {
+                    self.ended = true;
+                    self.response = None;
+                    return;
+                }
                 self.set_resume(id);
                 self.attempts = 0;
+                let event = match config.data_pointer.as_deref() {
+                    None => event,
+                    Some(pointer) => match picked(&event, pointer) {
+                        Some(event) => event,
+                        None => return,
+                    },
+                };
                 self.ready.push_back(Ok(event));
             }
             Item::Id(id) => {

@@ -62,6 +62,7 @@ pub mod publish;
 pub mod rabbitmq;
 pub mod redis;
 pub mod stats;
+pub mod template;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod ticker;

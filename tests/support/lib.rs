@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 pub mod bus;
+pub mod examples;
 pub mod exposition;
 use std::net::SocketAddr;
 use std::sync::Arc;
