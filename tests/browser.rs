@@ -340,6 +340,11 @@ async fn eventsource_resumes_exactly_across_lifetime_ends_and_a_restart() {
 /// mid-job, while the job runs on another: the browser resumes by itself,
 /// gets every event once, then the job's end, and stops (the resume from
 /// the end is answered 204).
+/// Events of the job, 50 ms apart: 10 s, long enough that the job still
+/// runs when the watcher restarts however long Chromium took to start (at
+/// 3 s, a loaded CI machine once had the whole job done before).
+const JOB_EVENTS: u64 = 200;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventsource_watches_a_durable_job_across_a_gateway_restart() {
     let prefix = unique("durable");
@@ -357,7 +362,7 @@ async fn eventsource_watches_a_durable_job_across_a_gateway_restart() {
     let jobs = || {
         let ticks = Ticker::new(TickerConfig {
             interval: Duration::from_millis(50),
-            count: Some(60),
+            count: Some(JOB_EVENTS),
             name: "tick".into(),
             ..TickerConfig::default()
         });
@@ -383,7 +388,7 @@ async fn eventsource_watches_a_durable_job_across_a_gateway_restart() {
             "page": format!("http://{addr}/healthz"),
             "stream": format!("http://{addr}/jobs/{job}"),
             "names": ["gateway.job", "tick", "gateway.end"],
-            "expect": 62,
+            "expect": JOB_EVENTS + 2,
             "timeout_ms": 40000,
         }),
     );
@@ -391,7 +396,7 @@ async fn eventsource_watches_a_durable_job_across_a_gateway_restart() {
         driver.next(Duration::from_secs(30)).await,
         json!({"ready": true})
     );
-    // A second into the job's three, the watcher restarts.
+    // A second into the job's ten, the watcher restarts.
     tokio::time::sleep(Duration::from_secs(1)).await;
     watcher.stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -411,11 +416,15 @@ async fn eventsource_watches_a_durable_job_across_a_gateway_restart() {
         .collect();
     assert_eq!(
         seqs,
-        (1..=60).collect::<Vec<_>>(),
+        (1..=JOB_EVENTS).collect::<Vec<_>>(),
         "every event once, in order"
     );
-    let end: Value =
-        serde_json::from_str(events[61]["data"].as_str().expect("data")).expect("JSON");
+    let end: Value = serde_json::from_str(
+        events[JOB_EVENTS as usize + 1]["data"]
+            .as_str()
+            .expect("data"),
+    )
+    .expect("JSON");
     assert_eq!(end["status"], "completed");
     assert!(log["opens"].as_u64().expect("opens") >= 2, "{log}");
     let resumed: Vec<&str> = log["last_event_ids"]
