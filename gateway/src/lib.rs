@@ -42,6 +42,7 @@ pub mod auth;
 pub mod clients;
 pub mod config;
 pub mod cursor;
+pub mod devtoken;
 pub mod encode;
 pub mod error;
 pub mod fanin;

@@ -956,6 +956,65 @@ fn logs_to_a_file_have_no_colour_codes() {
     assert!(!log.contains('\u{1b}'), "colour codes in a file: {log:?}");
 }
 
+/// `config/examples/jwt-rooms.toml` as its comment says: a secret in the
+/// environment, `gateway token` for a development token, the room it lists
+/// readable (200), another refused (403), no token 401. Errors of
+/// `gateway token` are named.
+#[test]
+fn the_jwt_example_runs_with_a_token_from_gateway_token() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/jwt-rooms.toml");
+    let example = example.display().to_string();
+    let secret = "a-secret-for-this-test-of-32-bytes-at-least";
+    let mut token = gateway();
+    token
+        .env("JWT_SECRET", secret)
+        .args(["--config", &example, "token", "rooms", "--claims"])
+        .arg(r#"{"rooms": ["lobby", "team-*"]}"#);
+    let minted = run_to_end(token);
+    assert!(minted.status.success(), "{minted:?}");
+    let token = minted.stdout.trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    let mut cmd = gateway();
+    cmd.env("JWT_SECRET", secret)
+        .env("GATEWAY__SERVER__PORT", "0")
+        .args(["--config", &example]);
+    let mut process = Process::spawn(cmd);
+    let port = process.port();
+    let bearer = format!("Bearer {token}");
+    let lobby = get(
+        port,
+        "/rooms/lobby",
+        &[("Authorization", &bearer), ("Accept", "text/event-stream")],
+    );
+    assert_eq!(lobby.status, 200);
+    let other = get(
+        port,
+        "/rooms/other",
+        &[("Authorization", &bearer), ("Connection", "close")],
+    );
+    assert_eq!(other.status, 403);
+    let anonymous = get(port, "/rooms/lobby", &[("Connection", "close")]);
+    assert_eq!(anonymous.status, 401);
+
+    // What cannot be minted says why.
+    let mut token = gateway();
+    token
+        .env("JWT_SECRET", secret)
+        .args(["--config", &example, "token", "nowhere"]);
+    let refused = run_to_end(token);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("no route \"nowhere\""), "{refused:?}");
+    let mut token = gateway();
+    token.args(["token", "reference"]);
+    let refused = run_to_end(token);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains("asks for no credential"),
+        "{refused:?}"
+    );
+}
+
 #[test]
 fn a_port_in_use_fails_with_status_1() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -516,7 +516,13 @@ mod tests {
                 continue;
             }
             // Examples take secrets from the environment, as deployments do.
-            let env = HashMap::from([("PUBLISH_TOKEN".into(), "example-token-0123456789".into())]);
+            let env = HashMap::from([
+                ("PUBLISH_TOKEN".into(), "example-token-0123456789".into()),
+                (
+                    "JWT_SECRET".into(),
+                    "an-example-secret-of-32-bytes-or-more".into(),
+                ),
+            ]);
             if let Err(e) = load(Source::File(&path), Some(env)) {
                 panic!("{}: {e}", path.display());
             }
