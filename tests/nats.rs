@@ -115,6 +115,38 @@ async fn subjects_the_gateway_will_not_read() {
     );
 }
 
+/// With `create`, a missing stream is declared on the first request (its
+/// subjects from `allow`, the storage and retention asked), read and
+/// published to at once: no `nats` CLI needed to try the example.
+#[tokio::test]
+async fn create_declares_a_missing_stream() {
+    let engine = NatsEngine::shared("create").await;
+    let name = format!("{}_MADE", engine.name);
+    let mut backend = engine.backend();
+    backend["stream"] = json!(name);
+    backend["subject"] = json!(format!("{}m.{{room}}", engine.prefix));
+    backend["allow"] = json!(format!("{}m.*", engine.prefix));
+    backend["create"] = json!({"storage": "memory", "max_age": "1h"});
+    let server = gateway_with(backend.clone(), backend, json!({}), json!({})).await;
+    let (status, body) = post(&server, "lobby", &json!({"data": {"n": 1}})).await;
+    assert_eq!(status, 201, "{body}");
+    let mut stream = lines(&server, "lobby", Some("0")).await;
+    let events = take(&mut stream, 1).await;
+    assert_eq!(events[0]["n"], 1, "{events:?}");
+    let js = engine.jetstream().await;
+    let made = within("the stream's info", js.get_stream(&name))
+        .await
+        .expect("the gateway declared the stream");
+    let config = &made.cached_info().config;
+    assert_eq!(config.subjects, [format!("{}m.*", engine.prefix)]);
+    assert_eq!(
+        config.storage,
+        async_nats::jetstream::stream::StorageType::Memory
+    );
+    assert_eq!(config.max_age, Duration::from_secs(3600));
+    let _ = within("deleting the stream", js.delete_stream(&name)).await;
+}
+
 /// Sequences are dense: a client whose last message was removed, but
 /// nothing after it, hears of no gap.
 #[tokio::test]

@@ -43,9 +43,10 @@
 //!   message dropped on the way) makes a new consumer too.
 //! - While the connection is down, a request waits up to 2 s for it to come
 //!   back, then is answered 503.
-//! - The gateway creates no streams: a stream that does not exist is answered
-//!   503 (the service is not ready: the operator creates the stream), and a
-//!   subject the stream does not hold is answered 404.
+//! - A stream that does not exist is answered 503 (the service is not
+//!   ready: the operator creates the stream), unless `create` lets the
+//!   gateway declare it (its subjects, storage and retention); a subject the
+//!   stream does not hold is answered 404.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,8 +95,8 @@ pub struct NatsConfig {
     /// Default: `nats://127.0.0.1:4222`.
     pub url: String,
     /// The JetStream stream that stores the subject's messages. Required.
-    /// The gateway does not create it: while it does not exist, requests are
-    /// answered 503.
+    /// While it does not exist, requests are answered 503, unless `create`
+    /// is set.
     pub stream: String,
     /// The subject clients read, with `{param}` placeholders filled from the
     /// route's path parameters (`rooms.{room}`). A parameter containing `.`,
@@ -129,6 +130,88 @@ pub struct NatsConfig {
     /// `1000`.
     #[serde(alias = "max_subjects")]
     pub max_keys: usize,
+    /// `[…create]`: declare the stream when it does not exist (the
+    /// operator allows the gateway to). Default: none (the gateway
+    /// creates no stream).
+    pub create: Option<NatsCreate>,
+}
+
+/// The JetStream stream the gateway declares when it is missing.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsCreate {
+    /// The subjects the stream stores. Default: `allow`, else `subject`.
+    pub subjects: Vec<String>,
+    /// `file` (kept across restarts) or `memory`. Default: `file`.
+    pub storage: String,
+    /// How long a message is kept. Default: `24h`.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// The most bytes the stream keeps (oldest removed first). Default:
+    /// `1073741824` (1 GiB).
+    pub max_bytes: i64,
+}
+
+impl Default for NatsCreate {
+    fn default() -> Self {
+        Self {
+            subjects: Vec::new(),
+            storage: "file".into(),
+            max_age: Duration::from_secs(24 * 3600),
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+impl NatsCreate {
+    fn validate(&self, problems: &mut Vec<Problem>) {
+        for subject in &self.subjects {
+            if let Err(reason) = Subject::parse(subject) {
+                problems.push(Problem::new(
+                    "create.subjects",
+                    format!("{subject:?}: {reason}"),
+                ));
+            }
+        }
+        if !matches!(self.storage.as_str(), "file" | "memory") {
+            problems.push(Problem::new(
+                "create.storage",
+                format!("{:?}: `file` or `memory`", self.storage),
+            ));
+        }
+        if self.max_age.is_zero() {
+            problems.push(Problem::new("create.max_age", "must be more than 0"));
+        }
+        if self.max_bytes < 1 {
+            problems.push(Problem::new("create.max_bytes", "at least 1"));
+        }
+    }
+
+    /// The stream's configuration; `reader` gives the default subjects.
+    fn stream(&self, reader: &NatsConfig) -> jetstream::stream::Config {
+        let subjects = if self.subjects.is_empty() {
+            vec![
+                reader
+                    .allow
+                    .clone()
+                    .unwrap_or_else(|| reader.subject.clone()),
+            ]
+        } else {
+            self.subjects.clone()
+        };
+        jetstream::stream::Config {
+            name: reader.stream.clone(),
+            subjects,
+            storage: if self.storage == "memory" {
+                jetstream::stream::StorageType::Memory
+            } else {
+                jetstream::stream::StorageType::File
+            },
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for NatsConfig {
@@ -144,6 +227,7 @@ impl Default for NatsConfig {
             buffer: limits.buffer,
             max_catchup: limits.max_catchup,
             max_keys: limits.max_keys,
+            create: None,
         }
     }
 }
@@ -210,6 +294,9 @@ impl NatsConfig {
             ));
         }
         problems.extend(rest);
+        if let Some(create) = &self.create {
+            create.validate(&mut problems);
+        }
         problems
     }
 
@@ -237,6 +324,7 @@ impl NatsConfig {
             subject: self.subject.clone(),
             allow: self.allow.clone(),
             name_header: self.name_header.clone(),
+            create: self.create.clone(),
         }
     }
 }
@@ -266,6 +354,8 @@ pub struct Nats {
     name_header: String,
     /// The window `history` reads (`max_catchup`).
     window: usize,
+    /// The stream to declare when it is missing (`create`).
+    create: Option<jetstream::stream::Config>,
     stats: Arc<BackendStats>,
 }
 
@@ -295,6 +385,7 @@ impl Nats {
             allow: config.allow.as_deref().and_then(|a| Subject::parse(a).ok()),
             name_header: config.name_header.clone(),
             window: config.max_catchup,
+            create: config.create.as_ref().map(|c| c.stream(config)),
             stats: Arc::new(BackendStats::new("nats")),
         }
     }
@@ -446,8 +537,16 @@ impl Nats {
                 jetstream::context::GetStreamErrorKind::JetStream(code)
                     if is_code(Some(&code), ErrorCode::STREAM_NOT_FOUND) =>
                 {
-                    tracing::warn!(%stream, "no such JetStream stream; the gateway does not create streams");
-                    Err(no_stream(stream))
+                    let Some(config) = &self.create else {
+                        tracing::warn!(%stream, "no such JetStream stream; `create` would let the gateway declare it");
+                        return Err(no_stream(stream));
+                    };
+                    let made = bounded("declaring the stream", async {
+                        jetstream.get_or_create_stream(config.clone()).await
+                    })
+                    .await?;
+                    tracing::info!(%stream, subjects = ?config.subjects, "declared a JetStream stream");
+                    Ok(made.cached_info().clone())
                 }
                 _ => Err(unavailable("stream info", e)),
             },
@@ -857,6 +956,8 @@ pub struct NatsTarget {
     pub allow: Option<String>,
     /// The header the event name goes to. Default: `event`.
     pub name_header: String,
+    /// Declare the stream when it is missing, as the backend's `create`.
+    pub create: Option<NatsCreate>,
 }
 
 impl Default for NatsTarget {
@@ -868,6 +969,7 @@ impl Default for NatsTarget {
             subject: reader.subject,
             allow: reader.allow,
             name_header: reader.name_header,
+            create: None,
         }
     }
 }
@@ -882,6 +984,7 @@ impl NatsTarget {
             subject: self.subject.clone(),
             allow: self.allow.clone(),
             name_header: self.name_header.clone(),
+            create: self.create.clone(),
             ..NatsConfig::default()
         }
     }
@@ -896,6 +999,8 @@ impl NatsTarget {
 #[derive(Debug)]
 pub struct NatsPublisher {
     nats: Nats,
+    /// Whether the stream was found or declared (with `create`).
+    declared: std::sync::atomic::AtomicBool,
 }
 
 impl NatsPublisher {
@@ -903,6 +1008,7 @@ impl NatsPublisher {
     pub fn new(target: &NatsTarget) -> Self {
         Self {
             nats: Nats::new(&target.as_reader()),
+            declared: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -916,6 +1022,12 @@ impl Publisher for NatsPublisher {
     ) -> Result<String, BackendError> {
         let subject = self.nats.key(ctx)?;
         let jetstream = self.nats.jetstream().await?;
+        if self.nats.create.is_some() && !self.declared.load(Ordering::Relaxed) {
+            // Declared (when missing) before the first publish: a subject
+            // no stream holds is refused by JetStream.
+            self.nats.info(&jetstream).await?;
+            self.declared.store(true, Ordering::Relaxed);
+        }
         let mut headers = async_nats::HeaderMap::new();
         if let Some(name) = &publication.name {
             headers.insert(self.nats.name_header.as_str(), name.as_str());
@@ -964,6 +1076,12 @@ mod tests {
             buffer: 0,
             max_catchup: 0,
             max_keys: 0,
+            create: Some(NatsCreate {
+                subjects: vec!["a..b".into()],
+                storage: "disk".into(),
+                max_age: Duration::ZERO,
+                max_bytes: 0,
+            }),
         };
         let keys: Vec<_> = config.validate().into_iter().map(|p| p.key).collect();
         assert_eq!(
@@ -977,7 +1095,11 @@ mod tests {
                 "name_header",
                 "buffer",
                 "max_catchup",
-                "max_keys"
+                "max_keys",
+                "create.subjects",
+                "create.storage",
+                "create.max_age",
+                "create.max_bytes"
             ]
         );
         let good = NatsConfig {

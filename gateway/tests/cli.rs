@@ -1004,7 +1004,10 @@ fn the_jwt_example_runs_with_a_token_from_gateway_token() {
         .args(["--config", &example, "token", "nowhere"]);
     let refused = run_to_end(token);
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
-    assert!(refused.stderr.contains("no route \"nowhere\""), "{refused:?}");
+    assert!(
+        refused.stderr.contains("no route \"nowhere\""),
+        "{refused:?}"
+    );
     let mut token = gateway();
     token.args(["token", "reference"]);
     let refused = run_to_end(token);
