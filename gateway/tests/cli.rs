@@ -1018,6 +1018,42 @@ fn the_jwt_example_runs_with_a_token_from_gateway_token() {
     );
 }
 
+/// `config/examples/metrics.toml` as its comment says (the private
+/// listener on a free port here): the metrics on both, the public path only
+/// to the token.
+#[test]
+fn the_metrics_example_runs_as_written() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/metrics.toml");
+    let token = "metrics-token-for-this-test-0123";
+    let mut cmd = gateway();
+    cmd.env("METRICS_TOKEN", token)
+        .env("GATEWAY__SERVER__PORT", "0")
+        .env("GATEWAY__SERVER__METRICS__LISTEN", "127.0.0.1:0")
+        .args(["--config", &example.display().to_string()]);
+    let mut process = Process::spawn(cmd);
+    let line = process.wait_for_line("the metrics listener", |l| l.contains("Metrics on http://"));
+    let private: SocketAddr = line
+        .split("Metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let port = process.port();
+    let mut scraped = get(private.port(), "/metrics", &[("Connection", "close")]);
+    assert_eq!(scraped.status, 200);
+    let body = String::from_utf8_lossy(&scraped.body_to_end()).into_owned();
+    assert!(body.contains("# TYPE gateway_"), "{body}");
+    let bearer = format!("Bearer {token}");
+    let public = get(
+        port,
+        "/metrics",
+        &[("Authorization", &bearer), ("Connection", "close")],
+    );
+    assert_eq!(public.status, 200);
+    let anonymous = get(port, "/metrics", &[("Connection", "close")]);
+    assert_eq!(anonymous.status, 401);
+}
+
 #[test]
 fn a_port_in_use_fails_with_status_1() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");

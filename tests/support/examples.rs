@@ -52,14 +52,24 @@ pub fn mock_llm() -> (Killed, u16) {
 
 /// `config/examples/llm.toml` served, its upstream the mock on `port`.
 pub async fn llm_gateway(port: u16) -> TestServer {
-    let env = HashMap::from([(
-        "GATEWAY__ROUTES__CHAT__BACKENDS__LLM__URL".to_string(),
-        format!("http://127.0.0.1:{port}/v1/chat/completions"),
-    )]);
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    example(
+        "llm.toml",
+        &[("GATEWAY__ROUTES__CHAT__BACKENDS__LLM__URL", url)],
+    )
+    .await
+}
+
+/// `config/examples/NAME` served, `GATEWAY__…` overrides from `env`.
+pub async fn example(name: &str, env: &[(&str, String)]) -> TestServer {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     let config = load(
-        Source::File(&repo().join("config/examples/llm.toml")),
+        Source::File(&repo().join("config/examples").join(name)),
         Some(env),
     )
-    .expect("the example loads");
+    .unwrap_or_else(|e| panic!("{name} loads: {e}"));
     TestServer::from_config(&config).await
 }

@@ -522,6 +522,7 @@ mod tests {
                     "JWT_SECRET".into(),
                     "an-example-secret-of-32-bytes-or-more".into(),
                 ),
+                ("METRICS_TOKEN".into(), "example-metrics-token-0123".into()),
             ]);
             if let Err(e) = load(Source::File(&path), Some(env)) {
                 panic!("{}: {e}", path.display());
