@@ -16,6 +16,7 @@ use crate::problem::Problem;
 use crate::publish::Publisher;
 use crate::rabbitmq::{RabbitMqConfig, RabbitMqPublisher};
 use crate::redis::{RedisConfig, RedisPublisher};
+use crate::registry::CustomConfig;
 use crate::ticker::{Ticker, TickerConfig};
 
 /// One backend of a route, selected by its `type`:
@@ -26,8 +27,10 @@ use crate::ticker::{Ticker, TickerConfig};
 /// token_pause = "300ms"
 /// ```
 ///
-/// A closed enum: adding a backend means adding a variant here, and the
-/// compiler then points at every place that must learn about it.
+/// The built-in types are a closed enum: adding one means adding a variant
+/// here, and the compiler then points at every place that must learn about
+/// it. Types of an embedder's own are [`Custom`](Self::Custom) (see
+/// [`crate::registry`]); the gateway's config loader makes them.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BackendConfig {
@@ -51,6 +54,9 @@ pub enum BackendConfig {
     Command(CommandConfig),
     /// An upstream URL that streams SSE, NDJSON or lines (see [`crate::http`]).
     Http(HttpConfig),
+    /// A type registered by an embedder (see [`crate::registry`]).
+    #[serde(skip)]
+    Custom(CustomConfig),
 }
 
 impl BackendConfig {
@@ -66,6 +72,7 @@ impl BackendConfig {
             Self::Rabbitmq(c) => c.validate(),
             Self::Command(c) => c.validate(),
             Self::Http(c) => c.validate(),
+            Self::Custom(c) => c.validate(),
         }
     }
 
@@ -80,6 +87,7 @@ impl BackendConfig {
             Self::Rabbitmq(c) => Arc::new(c.build()),
             Self::Command(c) => Arc::new(Command::new(c.clone())),
             Self::Http(c) => Arc::new(Http::new(c.clone())),
+            Self::Custom(c) => c.build(),
         }
     }
 
@@ -95,7 +103,11 @@ impl BackendConfig {
             Self::Nats(c) => Some(log(c.build(), NatsPublisher::new(&c.target()))),
             Self::Postgres(c) => Some(log(c.build(), PostgresPublisher::new(&c.target()))),
             Self::Rabbitmq(c) => Some(log(c.build(), RabbitMqPublisher::new(&c.target()))),
-            Self::Demo(_) | Self::Ticker(_) | Self::Command(_) | Self::Http(_) => None,
+            Self::Demo(_)
+            | Self::Ticker(_)
+            | Self::Command(_)
+            | Self::Http(_)
+            | Self::Custom(_) => None,
         }
     }
 }

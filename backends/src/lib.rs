@@ -61,6 +61,7 @@ pub mod problem;
 pub mod publish;
 pub mod rabbitmq;
 pub mod redis;
+pub mod registry;
 pub mod stats;
 pub mod template;
 #[cfg(feature = "testing")]

@@ -39,6 +39,7 @@
 //! client goes away hyper drops the body, and with it every backend stream.
 
 pub mod auth;
+pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod cursor;

@@ -18,6 +18,7 @@ use super::{
 };
 use backends::BackendConfig;
 use backends::publish::PublisherConfig;
+use backends::registry;
 
 /// The built-in configuration, used when no file is given: the reference
 /// stream on `/`. It is `config/default.toml`, which documents every option.
@@ -280,7 +281,12 @@ impl Parser<'_> {
         let mut backends = BTreeMap::new();
         let mut ok = true;
         for (name, value) in table {
-            match self.table::<BackendConfig>(&value, &format!("{key}.{name}"), &["type"]) {
+            let key = format!("{key}.{name}");
+            let parsed = match self.other_type(&value, &key) {
+                Some(other) => other,
+                None => self.table::<BackendConfig>(&value, &key, &["type"]),
+            };
+            match parsed {
                 Some(backend) => {
                     backends.insert(name, backend);
                 }
@@ -288,6 +294,44 @@ impl Parser<'_> {
             }
         }
         ok.then_some(backends)
+    }
+
+    /// A backend table whose `type` is not built in: a registered type's
+    /// (its table, checked later by its factory), or a problem naming the
+    /// types there are. `None` for a built-in type (or no `type`).
+    fn other_type(&mut self, value: &Value, key: &str) -> Option<Option<BackendConfig>> {
+        let ValueKind::Table(table) = &value.kind else {
+            return None;
+        };
+        let kind = match table.get("type").map(|t| &t.kind) {
+            Some(ValueKind::String(kind)) if !registry::BUILT_IN.contains(&kind.as_str()) => {
+                kind.clone()
+            }
+            _ => return None,
+        };
+        if registry::factory(&kind).is_none() {
+            self.problem(&format!("{key}.type"), registry::unknown_type(&kind));
+            return Some(None);
+        }
+        let rest: Map<String, Value> = table
+            .iter()
+            .filter(|(k, _)| *k != "type")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let rest = Value::new(
+            value.origin().map(String::from).as_ref(),
+            ValueKind::Table(rest),
+        );
+        match deserialize::<serde_json::Value>(rest) {
+            Ok(table) => Some(Some(BackendConfig::Custom(registry::CustomConfig {
+                kind,
+                table,
+            }))),
+            Err(e) => {
+                self.deserialize_problem(key, None, &e);
+                Some(None)
+            }
+        }
     }
 
     fn as_table(&mut self, value: &Value, key: &str) -> Option<Map<String, Value>> {
@@ -616,7 +660,7 @@ payload_bytes = 99999999
             "unknown field `bogus`",
             "expected a duration",
             "unknown value \"get\"; expected one of \"GET\"",
-            "unknown variant `kafka`, expected one of `demo`, `ticker`",
+            "unknown backend type \"kafka\"; expected one of demo, ticker",
             "missing required key `path`",
             "must be at least 10ms",
             "must be at most 1048576",
