@@ -108,6 +108,8 @@ fn render(route: &Route) -> String {
             "source" => escape(source),
             "sources" => escape(&sources.join(", ")),
             "envelope" => route.envelope.to_string(),
+            "methods" => escape(&route.allow_header()),
+            "auth" => route.auth.kind().to_string(),
             "max_rows" => MAX_ROWS.to_string(),
             "style" => STYLE.to_string(),
             "script" => SCRIPT.to_string(),

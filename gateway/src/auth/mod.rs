@@ -86,6 +86,16 @@ pub struct Presented<'a> {
 }
 
 impl Auth {
+    /// What the check asks for: `none`, `bearer` or `jwt` (for the
+    /// console and the viewer, which offer a token field).
+    pub fn kind(&self) -> &'static str {
+        match self.check {
+            Check::Open => "none",
+            Check::Tokens(_) => "bearer",
+            Check::Jwt(_) => "jwt",
+        }
+    }
+
     /// Anyone may pass.
     pub fn open() -> Self {
         Self {

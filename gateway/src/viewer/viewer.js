@@ -1,6 +1,8 @@
 'use strict';
 // The gateway's live viewer. It reads this page's own URL as Server-Sent
-// Events and shows each event as a row. It reads the stream with fetch()
+// Events and shows each event as a row: filtered, pretty-printed and copied
+// on demand, started from a chosen Last-Event-ID, with a bearer token for
+// protected routes and a JSON body for POST routes. It reads the stream with fetch()
 // rather than EventSource: EventSource only hands a page the events whose
 // names it listened for in advance, and a viewer must show every event
 // whatever its name. It reconnects as EventSource does: after the stream's
@@ -13,9 +15,14 @@
   const MAX_LINE = 1 << 24; // characters buffered before a line ends
   const envelope = conf.envelope === 'true';
   const url = location.pathname + location.search;
+  const methods = (conf.methods || 'GET').split(',').map((m) => m.trim());
+  const canGet = methods.includes('GET');
+  const canPost = methods.includes('POST');
   const $ = (id) => document.getElementById(id);
   const rows = $('rows');
   const pauseButton = $('pause');
+  $('token-field').hidden = !conf.auth || conf.auth === 'none';
+  $('body-field').hidden = !canPost;
 
   let lastId = '';
   let retry = 3000;
@@ -25,6 +32,11 @@
   let count = 0;
   let reconnects = 0;
   let opened = false;
+  let beats = 0;
+  let filter = [];
+  // The connection in progress, aborted by Connect.
+  let current = null;
+  let timer = null;
   const buckets = new Array(60).fill(0);
   const started = Date.now();
   let second = Math.floor(started / 1000);
@@ -116,22 +128,62 @@
     return { time: new Date(), source, name: event.name, id: event.id, data, pretty };
   }
 
+  // Filter terms: `source:x` and `name:x` match those columns, any other
+  // word the row's text; every term must match (case does not matter).
+  function parseFilter(text) {
+    return text.toLowerCase().split(/\s+/).filter(Boolean).map((term) => {
+      const at = term.indexOf(':');
+      const field = at > 0 ? term.slice(0, at) : '';
+      return ['source', 'name', 'id'].includes(field)
+        ? { field, value: term.slice(at + 1) }
+        : { field: 'text', value: term };
+    });
+  }
+  function matches(tr) {
+    return filter.every(({ field, value }) => (tr.dataset[field] || '').includes(value));
+  }
+  function applyFilter() {
+    filter = parseFilter($('filter').value);
+    for (const tr of rows.rows) tr.hidden = !matches(tr);
+  }
+
   function addRow(row) {
     const tr = document.createElement('tr');
     if (row.name.startsWith('gateway.')) tr.className = 'gateway';
+    tr.dataset.source = row.source.toLowerCase();
+    tr.dataset.name = row.name.toLowerCase();
+    tr.dataset.id = (row.id || '').toLowerCase();
+    tr.dataset.text = (row.source + ' ' + row.name + ' ' + row.data).toLowerCase();
+    tr.hidden = !matches(tr);
     cell(tr, time(row.time), 'time');
     cell(tr, row.source, 'source');
     cell(tr, row.name, 'name');
     cell(tr, row.id, 'id').title = row.id;
     const long = row.data.length > SHORT;
-    const td = cell(tr, long ? row.data.slice(0, SHORT) + '…' : row.data, long ? 'data long' : 'data');
-    if (long) {
-      td.title = row.data.length > 4000 ? row.data.slice(0, 4000) + '…' : row.data;
-      td.addEventListener('click', () => {
-        const open = td.classList.toggle('open');
-        td.textContent = open ? row.pretty : row.data.slice(0, SHORT) + '…';
-      });
-    }
+    const short = long ? row.data.slice(0, SHORT) + '…' : row.data;
+    const td = cell(tr, short, 'data');
+    if (long) td.title = row.data.length > 4000 ? row.data.slice(0, 4000) + '…' : row.data;
+    // A click shows the data pretty-printed, with a button that copies it.
+    td.addEventListener('click', (e) => {
+      if (e.target.tagName === 'BUTTON') return;
+      const open = td.classList.toggle('open');
+      td.textContent = open ? row.pretty : short;
+      if (open) {
+        const copy = document.createElement('button');
+        copy.type = 'button';
+        copy.className = 'copy';
+        copy.textContent = 'Copy';
+        copy.addEventListener('click', async () => {
+          try {
+            await navigator.clipboard.writeText(row.pretty);
+            note('copied the data of event ' + (row.id || '(no id)'));
+          } catch (error) {
+            note('could not copy: ' + (error && error.message ? error.message : error), true);
+          }
+        });
+        td.prepend(copy);
+      }
+    });
     rows.insertBefore(tr, rows.firstChild);
     while (rows.rows.length > MAX_ROWS) rows.deleteRow(-1);
   }
@@ -153,7 +205,8 @@
     if (event.name === 'gateway.close') {
       try { ending = 'the gateway ended the stream (' + JSON.parse(event.data).reason + ')'; } catch (_) { /* text */ }
     }
-    if (Date.now() - drawn > 250) drawRate();
+    // The first events show a rate at once; then at most 4 redraws a second.
+    if (count <= 10 || Date.now() - drawn > 250) drawRate();
     counters();
   }
 
@@ -162,14 +215,21 @@
   let event = { data: [], size: 0, name: '', id: null };
   function field(line) {
     if (line === '') {
-      if (event.id !== null) lastId = event.id;
+      if (event.id !== null) {
+        lastId = event.id;
+        $('last').textContent = lastId || '–';
+      }
       if (event.data.length) {
         show({ name: event.name || 'message', id: lastId, data: event.data.join('\n') });
       }
       event = { data: [], size: 0, name: '', id: null };
       return;
     }
-    if (line[0] === ':') return;
+    if (line[0] === ':') {
+      beats += 1;
+      $('beats').textContent = beats;
+      return;
+    }
     const colon = line.indexOf(':');
     const name = colon < 0 ? line : line.slice(0, colon);
     let value = colon < 0 ? '' : line.slice(colon + 1);
@@ -210,13 +270,29 @@
     }
   }
 
+  // One connection attempt, and the next after `retry` unless the answer
+  // says there is nothing more to read.
   async function connect() {
+    timer = null;
     setState(opened ? 'reconnecting' : 'connecting');
     const headers = { Accept: 'text/event-stream' };
     if (lastId) headers['Last-Event-ID'] = lastId;
+    const token = $('token').value.trim();
+    if (token) headers.Authorization = 'Bearer ' + token;
+    const body = canPost ? $('body').value.trim() : '';
+    const init = { headers, cache: 'no-store' };
+    if (body || !canGet) {
+      init.method = 'POST';
+      headers['Content-Type'] = 'application/json';
+      init.body = body || '{}';
+    }
+    const controller = new AbortController();
+    current = controller;
+    init.signal = controller.signal;
     let why;
     try {
-      const response = await fetch(url, { headers, cache: 'no-store' });
+      const response = await fetch(url, init);
+      $('rid').textContent = response.headers.get('x-request-id') || '–';
       const type = response.headers.get('content-type') || '';
       if (response.status === 200 && type.startsWith('text/event-stream')) {
         if (opened) {
@@ -224,6 +300,7 @@
           counters();
         }
         opened = true;
+        $('format').textContent = type;
         setState('open');
         note('');
         ending = '';
@@ -246,21 +323,36 @@
         // for the gateway being full or going away (retry on those).
         if (![429, 502, 503, 504].includes(response.status)) {
           setState('closed');
-          note(message + ' (not reconnecting; reload to retry)', true);
+          const hint = response.status === 401 || response.status === 403
+            ? ' (enter a token, then Connect)'
+            : ' (change the settings and Connect, or reload)';
+          note(message + hint, true);
           return;
         }
         why = message;
         note(message + '; reconnecting in ' + retry + ' ms', true);
       }
     } catch (error) {
+      if (controller.signal.aborted) return;
       why = String(error && error.message ? error.message : error);
       note(why + '; reconnecting in ' + retry + ' ms', true);
     }
+    if (controller !== current) return;
     reasons.push(why);
     if (reasons.length > 20) reasons.shift();
+    $('why').textContent = reasons.slice(-5).join('; ');
     counters();
     setState('reconnecting');
-    setTimeout(connect, retry);
+    timer = setTimeout(connect, retry);
+  }
+
+  // Connect: a new reading with the form's settings, from its id.
+  function restart() {
+    if (current) current.abort();
+    if (timer) clearTimeout(timer);
+    lastId = $('from').value.trim();
+    opened = false;
+    connect();
   }
 
   pauseButton.addEventListener('click', () => {
@@ -281,7 +373,17 @@
     counters();
   });
 
+  $('filter').addEventListener('input', applyFilter);
+  $('connect').addEventListener('click', restart);
+
   setInterval(drawRate, 1000);
   drawRate();
-  connect();
+  // A route anyone may GET is read at once; one that asks for a token or a
+  // body waits for Connect.
+  if (canGet && (!conf.auth || conf.auth === 'none')) {
+    connect();
+  } else {
+    setState('idle');
+    note(canGet ? 'enter a token, then Connect' : 'enter a JSON body, then Connect');
+  }
 })();
