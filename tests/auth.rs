@@ -470,14 +470,19 @@ async fn head_needs_the_credential_and_cors_preflights_do_not() {
     assert_eq!(ok.status(), 200);
     // A protected stream is private: no shared cache keeps it.
     assert_eq!(ok.headers()["cache-control"], "private, no-store");
-    // A browser without the credential gets no viewer page either.
+    // A browser gets the viewer page, which holds no event and asks for
+    // the token its own stream request then carries (the stream is 401
+    // without it, above).
     let page = get(
         &server,
         "/rooms/lobby",
         &[("accept", "text/html,application/xhtml+xml,*/*;q=0.8")],
     )
     .await;
-    assert_eq!(page.status(), 401);
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("the page");
+    assert!(html.contains("data-auth=\"jwt\""), "{html}");
+    assert!(html.contains("id=\"token\""), "a token field");
 
     let preflight = client()
         .request(reqwest::Method::OPTIONS, server.url("/rooms/lobby"))

@@ -696,3 +696,153 @@ async fn the_readme_llm_snippet_streams_an_answer_in_a_browser() {
         "{text:?}"
     );
 }
+
+/// The console (`[server.console]`) in Chromium: the index lists every
+/// route and publish path and no secret; its publish form posts an event;
+/// a room opened from it shows the event, filters, pretty-prints and copies
+/// it, and starts from a chosen id; a protected route waits for a token
+/// and shows the connection's details; a POST route takes a JSON body and
+/// ends "completed"; at 390 px nothing scrolls sideways. No CSP violation,
+/// no failed request; screenshots kept in target/browser-artifacts/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_lists_the_routes_and_drives_them() {
+    let prefix = unique("console");
+    let publish_token = "console-publish-token-0123456789";
+    let secret_token = "console-secret-token-0123456789";
+    let text = format!(
+        r#"
+[server.console]
+path = "/console"
+
+[routes.rooms]
+path = "/rooms/{{room}}"
+[routes.rooms.backends.bus]
+type = "redis"
+url = "{REDIS}"
+stream = "{prefix}:{{room}}"
+allow = "{prefix}:*"
+history = 10
+
+[routes.secret]
+path = "/secret"
+heartbeat = "200ms"
+[routes.secret.auth]
+type = "bearer"
+tokens = ["{secret_token}"]
+[routes.secret.backends.clock]
+type = "ticker"
+interval = "700ms"
+
+[routes.echo]
+path = "/echo"
+methods = ["POST"]
+retry = "200ms"
+[routes.echo.backends.words]
+type = "demo"
+token_pause = "20ms"
+
+[publish.rooms]
+path = "/rooms/{{room}}/events"
+tokens = ["{publish_token}"]
+[publish.rooms.target]
+type = "redis"
+url = "{REDIS}"
+stream = "{prefix}:{{room}}"
+allow = "{prefix}:*"
+"#
+    );
+    let config = gateway::config::load(
+        gateway::config::Source::Text {
+            origin: "console test",
+            text: &text,
+        },
+        Some(std::collections::HashMap::new()),
+    )
+    .expect("the config");
+    let server = gateway_tests::TestServer::from_config(&config).await;
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifact folder");
+    let mut driver = Driver::start(
+        "console.mjs",
+        &json!({
+            "console": server.url("/console"),
+            "secret": server.url("/secret"),
+            "echo": server.url("/echo"),
+            "room": "lobby",
+            "token": publish_token,
+            "secret_token": secret_token,
+            "artifacts": artifacts,
+            "timeout_ms": 60000,
+        }),
+    );
+    let result = driver.next(Duration::from_secs(65)).await;
+    let r = &result["result"];
+    assert_eq!(r["problems"], json!([]), "{r}");
+    let index = &r["index"];
+    assert_eq!(index["status"], 200);
+    assert_eq!(index["csp"], gateway::console::policy());
+    assert_eq!(
+        index["routes"],
+        json!(["echo", "rooms", "secret"]),
+        "{index}"
+    );
+    let text = index["text"].as_str().expect("the page's text");
+    for secret in [publish_token, secret_token, "redis://"] {
+        assert!(!text.contains(secret), "the console shows {secret}");
+    }
+    assert!(
+        r["published"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("201 {\"id\":"),
+        "{r}"
+    );
+    let room = &r["room"];
+    assert!(
+        room["url"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/rooms/lobby"),
+        "{room}"
+    );
+    assert_eq!(room["first"][2], "message", "{room}");
+    assert!(
+        room["first"][4]
+            .as_str()
+            .unwrap_or_default()
+            .contains("from the console")
+    );
+    assert_eq!(r["filtered_out"], 0);
+    assert_eq!(r["filtered_in"], 1);
+    assert!(
+        r["pretty"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\n  \"text\""),
+        "{r}"
+    );
+    assert_eq!(r["clipboard"], "{\n  \"text\": \"from the console\"\n}");
+    // Started after the one event there is: nothing more to show.
+    assert_eq!(r["from_id"]["rows_after"], 1, "{r}");
+    assert_eq!(r["secret_before"]["state"], "idle");
+    assert_eq!(r["secret_before"]["token_shown"], true);
+    let after = &r["secret_after"];
+    assert_eq!(after["state"], "open", "{after}");
+    assert_ne!(after["request_id"], "–", "{after}");
+    assert_eq!(after["format"], "text/event-stream");
+    assert!(after["beats"].as_u64() >= Some(1), "{after}");
+    assert_eq!(r["echo_before"]["body_shown"], true);
+    let tokens = r["echo"]["tokens"].to_string();
+    assert!(tokens.contains("there"), "{tokens}");
+    assert!(r["phone"]["index_width"].as_f64() <= Some(390.0), "{r}");
+    assert!(r["phone"]["viewer_width"].as_f64() <= Some(390.0), "{r}");
+    assert_eq!(r["dark"], "rgb(21, 23, 26)", "the dark scheme's background");
+    for shot in [
+        "console.png",
+        "console-390px.png",
+        "viewer-controls.png",
+        "viewer-dark-390px.png",
+    ] {
+        assert!(artifacts.join(shot).exists(), "{shot}");
+    }
+}

@@ -208,6 +208,19 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
     if gateway.config.metrics.path.as_deref() == Some(path) {
         return metrics::public(gateway, &parts.method, &parts.headers).await;
     }
+    if gateway.config.console.path.as_deref() == Some(path) {
+        return match parts.method {
+            Method::GET | Method::HEAD => {
+                Ok(crate::console::page(gateway, parts.method == Method::HEAD))
+            }
+            _ => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed here; use GET", parts.method),
+            )
+            .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD"))),
+        };
+    }
     if let Ok(matched) = gateway.publishers.at(path) {
         let route = Arc::clone(matched.value);
         let params = decoded_params(&matched.params);
@@ -222,6 +235,20 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
     };
     let route = Arc::clone(matched.value);
     let params = decoded_params(&matched.params);
+    let mut query = query_pairs(parts.uri.query())?;
+    // A browser navigating here gets the live viewer, which reads this
+    // same URL as a stream (`?format=` always asks for the stream). Before
+    // the method and the credential are checked: the page shows the route's
+    // name, path and backends' names only, and offers a token field and a
+    // body form, with which it reads the stream.
+    if matches!(parts.method, Method::GET | Method::HEAD)
+        && !query.iter().any(|(k, _)| k == "format")
+    {
+        let accept = parts.headers.get_all(header::ACCEPT).iter();
+        if negotiate::prefers_page(accept.filter_map(|v| v.to_str().ok())) {
+            return Ok(crate::viewer::page(&route, parts.method == Method::HEAD));
+        }
+    }
     if !route.allows(&parts.method) {
         let allow = route.allow_header();
         return Err(ApiError::new(
@@ -234,7 +261,6 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
             HeaderValue::try_from(allow).unwrap_or(HeaderValue::from_static("GET")),
         ));
     }
-    let mut query = query_pairs(parts.uri.query())?;
     // Before anything is opened or read, HEAD included.
     let grant = route
         .auth
@@ -265,15 +291,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         tracing::info!(route = %route.name, job = ?context.job, "Job cancelled");
         return Ok((StatusCode::ACCEPTED, axum::Json(answer)).into_response());
     }
-    // A browser navigating here gets the live viewer, which reads this
-    // same URL as a stream; `?format=` always asks for the stream.
     let readable = matches!(parts.method, Method::GET | Method::HEAD);
-    if readable && !query.iter().any(|(k, _)| k == "format") {
-        let accept = parts.headers.get_all(header::ACCEPT).iter();
-        if negotiate::prefers_page(accept.filter_map(|v| v.to_str().ok())) {
-            return Ok(crate::viewer::page(&route, parts.method == Method::HEAD));
-        }
-    }
     let negotiated = negotiate_format(&parts.headers, &query, readable)?;
     let envelope = envelope_param(&query, route.envelope)?;
     if gateway.shutdown.is_cancelled() {

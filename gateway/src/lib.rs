@@ -42,6 +42,7 @@ pub mod auth;
 pub mod cli;
 pub mod clients;
 pub mod config;
+pub mod console;
 pub mod cursor;
 pub mod devtoken;
 pub mod encode;

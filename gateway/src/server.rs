@@ -53,6 +53,10 @@ pub struct Gateway {
     pub(crate) client_ip_header: Option<HeaderName>,
     /// The durable routes' jobs, ended on shutdown.
     durables: Vec<Durable>,
+    /// The routes in config order, for the console.
+    pub(crate) listed: Vec<Arc<Route>>,
+    /// The publish routes' names and paths, for the console.
+    pub(crate) publish_paths: Vec<(Arc<str>, String)>,
 }
 
 /// A path where clients holding one of `tokens` append events.
@@ -98,6 +102,9 @@ impl Gateway {
                 auth: crate::auth::Auth::bearer(publish.tokens.clone()),
                 publisher: target.build(),
             };
+            gateway
+                .publish_paths
+                .push((Arc::clone(&route.name), publish.path.clone()));
             if let Err(e) = gateway.publishers.insert(&publish.path, Arc::new(route)) {
                 return Err(ConfigError {
                     problems: vec![ConfigProblem {
@@ -132,22 +139,24 @@ impl Gateway {
             "authorization_source",
             config.authorization_source.as_deref(),
         );
-        problems.extend(
-            config
-                .metrics
-                .validate()
-                .into_iter()
-                .map(|(key, reason)| ConfigProblem {
-                    origin: "server".into(),
-                    key: format!("metrics.{key}"),
-                    reason,
-                }),
-        );
+        for (table, found) in [
+            ("metrics", config.metrics.validate()),
+            ("console", config.console.validate()),
+        ] {
+            problems.extend(found.into_iter().map(|(key, reason)| ConfigProblem {
+                origin: "server".into(),
+                key: format!("{table}.{key}"),
+                reason,
+            }));
+        }
         let metrics = Metrics::new(&routes);
         let durables = routes.iter().filter_map(|r| r.durable.clone()).collect();
+        let mut listed = Vec::with_capacity(routes.len());
         for route in routes {
             let (name, path) = (Arc::clone(&route.name), route.path.clone());
-            if let Err(e) = router.insert(path, Arc::new(route)) {
+            let route = Arc::new(route);
+            listed.push(Arc::clone(&route));
+            if let Err(e) = router.insert(path, route) {
                 problems.push(ConfigProblem {
                     origin: format!("route {name}"),
                     key: "path".into(),
@@ -155,15 +164,37 @@ impl Gateway {
                 });
             }
         }
-        if let Some(path) = config.metrics.path.as_deref() {
-            if let Ok(taken) = router.at(path) {
+        let pages = [
+            (
+                "metrics.path",
+                "the metrics",
+                config.metrics.path.as_deref(),
+            ),
+            (
+                "console.path",
+                "the console",
+                config.console.path.as_deref(),
+            ),
+        ];
+        for (key, what, path) in pages {
+            if let Some(taken) = path.and_then(|path| router.at(path).ok()) {
                 problems.push(ConfigProblem {
                     origin: "server".into(),
-                    key: "metrics.path".into(),
+                    key: key.into(),
                     reason: format!(
-                        "{path:?} is a path of route {}; the metrics would hide it",
+                        "{:?} is a path of route {}; {what} would hide it",
+                        path.unwrap_or_default(),
                         taken.value.name
                     ),
+                });
+            }
+        }
+        if let (Some(a), Some(b)) = (&config.metrics.path, &config.console.path) {
+            if a == b {
+                problems.push(ConfigProblem {
+                    origin: "server".into(),
+                    key: "console.path".into(),
+                    reason: format!("{b:?} is the metrics' path too"),
                 });
             }
         }
@@ -186,6 +217,8 @@ impl Gateway {
             publishers: matchit::Router::new(),
             metrics,
             durables,
+            listed,
+            publish_paths: Vec::new(),
         })
     }
 

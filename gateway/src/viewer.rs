@@ -27,7 +27,7 @@ use crate::route::Route;
 /// The page's script and style, inlined as they are (their hashes are in
 /// the policy, so they must not change between hashing and sending).
 const SCRIPT: &str = include_str!("viewer/viewer.js");
-const STYLE: &str = include_str!("viewer/viewer.css");
+pub(crate) const STYLE: &str = include_str!("viewer/viewer.css");
 /// The page's markup around them.
 const MARKUP: &str = include_str!("viewer/viewer.html");
 
@@ -38,7 +38,12 @@ pub const MAX_ROWS: usize = 500;
 
 /// The viewer page of `route`; for `HEAD`, its headers only.
 pub fn page(route: &Route, head: bool) -> Response {
-    let html = render(route);
+    html_page(render(route), head, policy())
+}
+
+/// A page of the gateway's own (`html`; for `HEAD`, its headers only)
+/// under `policy`, never cached, sniffed or referred.
+pub(crate) fn html_page(html: String, head: bool, policy: &str) -> Response {
     let length = html.len();
     let body = if head {
         Body::empty()
@@ -54,7 +59,7 @@ pub fn page(route: &Route, head: bool) -> Response {
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(policy) = HeaderValue::try_from(policy()) {
+    if let Ok(policy) = HeaderValue::try_from(policy) {
         headers.insert(header::CONTENT_SECURITY_POLICY, policy);
     }
     headers.insert(
@@ -72,17 +77,20 @@ pub fn page(route: &Route, head: bool) -> Response {
 /// style (by hash), and connections to its own origin.
 pub fn policy() -> &'static str {
     static POLICY: OnceLock<String> = OnceLock::new();
-    POLICY.get_or_init(|| {
-        format!(
-            "default-src 'none'; script-src '{}'; style-src '{}'; connect-src 'self'; \
-             img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-            hash(SCRIPT),
-            hash(STYLE)
-        )
-    })
+    POLICY.get_or_init(|| page_policy(SCRIPT))
 }
 
-fn hash(text: &str) -> String {
+/// The policy of a page with `script` and the shared style inline.
+pub(crate) fn page_policy(script: &str) -> String {
+    format!(
+        "default-src 'none'; script-src '{}'; style-src '{}'; connect-src 'self'; \
+         img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        hash(script),
+        hash(STYLE)
+    )
+}
+
+pub(crate) fn hash(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
     format!(
         "sha256-{}",
@@ -140,7 +148,7 @@ fn render(route: &Route) -> String {
 }
 
 /// Text made safe inside HTML text and quoted attribute values.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -7,6 +7,7 @@
 //! with every default written out.
 
 mod auth;
+mod console;
 mod load;
 mod metrics;
 mod problem;
@@ -25,6 +26,7 @@ pub use auth::{
     ALGORITHMS, AuthConfig, AuthType, CredentialPlace, MIN_TOKEN_CHARS, RestrictConfig,
     check_static_tokens,
 };
+pub use console::ConsoleConfig;
 pub use load::{DEFAULT_CONFIG, Source, load};
 pub use metrics::MetricsConfig;
 pub use problem::{ConfigError, ConfigProblem};
@@ -162,6 +164,8 @@ pub struct ServerConfig {
     /// Where the Prometheus metrics can be read: a listener of their own,
     /// and/or a token-protected path on the public port. Default: nowhere.
     pub metrics: MetricsConfig,
+    /// The console's index page of routes and publish paths. Default: off.
+    pub console: ConsoleConfig,
 }
 
 impl Default for ServerConfig {
@@ -186,6 +190,7 @@ impl Default for ServerConfig {
             authorization_source: None,
             reuse_port: false,
             metrics: MetricsConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
