@@ -22,7 +22,6 @@
 //! The registry is process-wide: a factory is registered once, at start.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use serde::de::DeserializeOwned;
@@ -199,12 +198,6 @@ where
                 problem.key, problem.reason
             ))),
         }
-    }
-}
-
-impl fmt::Debug for dyn BackendFactory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BackendFactory")
     }
 }
 

@@ -75,6 +75,19 @@ pub async fn dispatch(State(gateway): State<Arc<Gateway>>, request: Request) -> 
     finish(&metrics_of, id, response)
 }
 
+/// 405 for `method`, naming the methods `allow`ed (also in `Allow`).
+pub(crate) fn method_not_allowed(method: &Method, allow: String) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed here; use {allow}"),
+    )
+    .with_header(
+        header::ALLOW,
+        HeaderValue::try_from(allow).unwrap_or(HeaderValue::from_static("GET")),
+    )
+}
+
 /// The CORS layer adds `Access-Control-Allow-Credentials`,
 /// `-Expose-Headers` (and a preflight's `-Allow-Methods`, `-Allow-Headers`,
 /// `-Max-Age`) whatever the origin; an answer to an origin it did not allow
@@ -213,12 +226,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
             Method::GET | Method::HEAD => {
                 Ok(crate::console::page(gateway, parts.method == Method::HEAD))
             }
-            _ => Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{} is not allowed here; use GET", parts.method),
-            )
-            .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD"))),
+            _ => Err(method_not_allowed(&parts.method, "GET, HEAD".into())),
         };
     }
     if let Ok(matched) = gateway.publishers.at(path) {
@@ -250,16 +258,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
         }
     }
     if !route.allows(&parts.method) {
-        let allow = route.allow_header();
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} is not allowed here; use {allow}", parts.method),
-        )
-        .with_header(
-            header::ALLOW,
-            HeaderValue::try_from(allow).unwrap_or(HeaderValue::from_static("GET")),
-        ));
+        return Err(method_not_allowed(&parts.method, route.allow_header()));
     }
     // Before anything is opened or read, HEAD included.
     let grant = route
@@ -524,12 +523,7 @@ async fn publish(
     body: Body,
 ) -> Result<Response, ApiError> {
     if parts.method != Method::POST {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} is not allowed here; publish with POST", parts.method),
-        )
-        .with_header(header::ALLOW, HeaderValue::from_static("POST")));
+        return Err(method_not_allowed(&parts.method, "POST".into()));
     }
     route
         .auth

@@ -514,12 +514,10 @@ pub(crate) async fn public(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     if method != Method::GET && method != Method::HEAD {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{method} is not allowed here; use GET"),
-        )
-        .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD")));
+        return Err(crate::handler::method_not_allowed(
+            method,
+            "GET, HEAD".into(),
+        ));
     }
     gateway
         .metrics_auth
