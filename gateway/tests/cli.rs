@@ -643,7 +643,7 @@ fn every_config_mistake_is_reported_in_one_run() {
         ("server.log_format", "\"xml\""),
         ("routes.api.colour", "unknown field `colour`"),
         ("routes.api.backends.t.interval", "\"soon\""),
-        ("routes.api.backends.k.type", "`kafka`"),
+        ("routes.api.backends.k.type", "\"kafka\""),
     ] {
         let prefix = format!("{file}: {key}: ");
         let line = problems
