@@ -309,16 +309,35 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> io::Result<(
 /// Runs `service` and, once `gateway` shuts down, ends the durable jobs it
 /// runs (each job's end on the bus: readers anywhere learn it now).
 pub(crate) async fn with_jobs<T>(gateway: &Gateway, service: impl Future<Output = T>) -> T {
+    let stop_jobs = async {
+        if !gateway.durables.is_empty() {
+            tracing::info!("Shutting down: ending the durable jobs this instance runs");
+        }
+        futures::future::join_all(gateway.durables.iter().map(Durable::stop_jobs)).await;
+    };
+    after_shutdown(&gateway.shutdown, service, stop_jobs).await
+}
+
+/// Runs `service`; once `shutdown` is cancelled, runs `then` beside it and
+/// returns when both are done. `then` runs whenever the shutdown came, even
+/// when the service ended in the same instant (a server whose last stream
+/// closed at once): only a service that ends by itself skips it.
+async fn after_shutdown<T>(
+    shutdown: &CancellationToken,
+    service: impl Future<Output = T>,
+    then: impl Future<Output = ()>,
+) -> T {
     tokio::pin!(service);
     tokio::select! {
-        out = &mut service => return out,
-        () = gateway.shutdown.cancelled() => {}
+        out = &mut service => {
+            if shutdown.is_cancelled() {
+                then.await;
+            }
+            return out;
+        }
+        () = shutdown.cancelled() => {}
     }
-    if !gateway.durables.is_empty() {
-        tracing::info!("Shutting down: ending the durable jobs this instance runs");
-    }
-    let jobs = futures::future::join_all(gateway.durables.iter().map(Durable::stop_jobs));
-    futures::future::join(service, jobs).await.0
+    futures::future::join(service, then).await.0
 }
 
 /// Runs `service` until `shutdown`, then gives it `grace()` (read at that
@@ -346,5 +365,54 @@ pub(crate) async fn until_shutdown<E>(
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// A service that ends in the same instant as the shutdown (the
+    /// server's last stream closed at once) still has the shutdown's work
+    /// done: before, which came first was a coin toss, and a lost toss left
+    /// the jobs to end a lease later.
+    #[tokio::test]
+    async fn the_shutdown_work_runs_when_the_service_ends_with_it() {
+        for round in 0..64 {
+            let shutdown = CancellationToken::new();
+            shutdown.cancel();
+            let done = AtomicBool::new(false);
+            let out = after_shutdown(&shutdown, async { round }, async {
+                done.store(true, Ordering::SeqCst);
+            })
+            .await;
+            assert_eq!(out, round);
+            assert!(done.load(Ordering::SeqCst), "round {round}: skipped");
+        }
+    }
+
+    /// A service that ends by itself (no shutdown) returns at once, and one
+    /// still running at the shutdown runs beside the shutdown's work.
+    #[tokio::test]
+    async fn the_shutdown_work_runs_only_after_a_shutdown() {
+        let shutdown = CancellationToken::new();
+        let out =
+            after_shutdown(&shutdown, async { 1 }, async { panic!("no shutdown came") }).await;
+        assert_eq!(out, 1);
+        let done = AtomicBool::new(false);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let service = async {
+            rx.await.expect("told to end");
+            assert!(done.load(Ordering::SeqCst), "the work ran first");
+            2
+        };
+        let work = async {
+            done.store(true, Ordering::SeqCst);
+            tx.send(()).expect("the service waits");
+        };
+        shutdown.cancel();
+        assert_eq!(after_shutdown(&shutdown, service, work).await, 2);
     }
 }
