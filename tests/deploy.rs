@@ -148,10 +148,12 @@ fn hadolint_passes_the_dockerfile() {
     );
 }
 
-/// What hadolint does not know: the image carries the adapter version that
-/// `.ci/run` installs for `gateway/tests/lambda.rs`, its runtime stage names
-/// a non-root user, and each `ENV` line is one `KEY=VALUE` (the Lambda tests
-/// read the image's settings from these lines).
+/// What hadolint does not know: the image pins the adapter by tag and
+/// digest, of a release line `gateway/tests/lambda.rs` runs
+/// (`deploy/lambda-adapter-versions`, which `.ci/run` installs), and the
+/// newest such line; its runtime stage names a non-root user; and each
+/// `ENV` line is one `KEY=VALUE` (the Lambda tests read the image's
+/// settings from these lines).
 #[test]
 fn the_dockerfile_carries_the_tested_adapter_and_settings() {
     let path = workspace_root().join("deploy/Dockerfile");
@@ -161,19 +163,12 @@ fn the_dockerfile_carries_the_tested_adapter_and_settings() {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    let ci = std::fs::read_to_string(workspace_root().join(".ci/run")).expect("read .ci/run");
-    let lwa_version = ci
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("lwa_version="))
-        .expect(".ci/run names lwa_version");
-    let adapter = format!(
-        "COPY --from=public.ecr.aws/awsguru/aws-lambda-adapter:{lwa_version} \
-         /lambda-adapter /opt/extensions/lambda-adapter"
-    );
-    assert!(
-        lines.contains(&adapter.as_str()),
-        "the image must carry the adapter the tests run: {adapter}"
-    );
+    let tested = tested_adapters();
+    let pin = adapter_pin(&lines).unwrap_or_else(|e| panic!("deploy/Dockerfile: {e}"));
+    match compare_adapter(&pin.0, &tested) {
+        Ok(note) => eprintln!("deploy/Dockerfile: {note}"),
+        Err(e) => panic!("deploy/Dockerfile: {e}"),
+    }
     let last_stage = lines
         .iter()
         .rposition(|l| l.starts_with("FROM "))
@@ -193,4 +188,101 @@ fn the_dockerfile_carries_the_tested_adapter_and_settings() {
             "one unquoted KEY=VALUE per ENV line: {line}"
         );
     }
+}
+
+/// The releases the Lambda tests run the gateway under.
+fn tested_adapters() -> Vec<String> {
+    let path = workspace_root().join("deploy/lambda-adapter-versions");
+    std::fs::read_to_string(&path)
+        .expect("read deploy/lambda-adapter-versions")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The adapter image's tag and digest in the image's `COPY --from` line.
+fn adapter_pin(lines: &[&str]) -> Result<(String, String), String> {
+    const IMAGE: &str = "public.ecr.aws/awsguru/aws-lambda-adapter";
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("COPY --from=") && l.contains(IMAGE))
+        .ok_or("no COPY --from the adapter image")?;
+    let expected = "/lambda-adapter /opt/extensions/lambda-adapter";
+    let reference = line["COPY --from=".len()..]
+        .strip_suffix(expected)
+        .ok_or_else(|| format!("the adapter must be copied as `{expected}`: {line}"))?
+        .trim();
+    let pinned = reference
+        .strip_prefix(IMAGE)
+        .and_then(|r| r.strip_prefix(':'))
+        .ok_or_else(|| format!("no tag in {reference}"))?;
+    let (tag, digest) = pinned
+        .split_once("@sha256:")
+        .ok_or_else(|| format!("{reference} is not pinned by digest (TAG@sha256:DIGEST)"))?;
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{digest:?} is not a sha256 digest"));
+    }
+    Ok((tag.to_string(), digest.to_string()))
+}
+
+/// A version's release line: `1.0.0-rc1` and `1.0.1` are both `1.0`.
+fn release_line(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.split(['.', '-']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Whether the image's adapter `tag` is covered by the `tested` releases:
+/// it must belong to the newest tested line. The answer says what differs
+/// from the tested release of that line.
+fn compare_adapter(tag: &str, tested: &[String]) -> Result<String, String> {
+    let line = release_line(tag).ok_or_else(|| format!("{tag:?} is not a version"))?;
+    let newest = tested
+        .iter()
+        .filter_map(|v| Some((release_line(v)?, v)))
+        .max_by_key(|(line, _)| *line)
+        .ok_or("deploy/lambda-adapter-versions names no version")?;
+    match tested.iter().find(|v| release_line(v) == Some(line)) {
+        None => Err(format!(
+            "the image pins adapter {tag}, a release line ({}.{}) the Lambda tests do not run \
+             (they run {}): add it to deploy/lambda-adapter-versions or pin a tested line",
+            line.0,
+            line.1,
+            tested.join(", ")
+        )),
+        Some(_) if line != newest.0 => Err(format!(
+            "the image pins adapter {tag}, but the Lambda tests also run {}, a newer line: pin that line",
+            newest.1
+        )),
+        Some(same) if same == tag => Ok(format!("the image pins adapter {tag}, as tested")),
+        Some(same) => Ok(format!(
+            "the image pins adapter {tag}; the Lambda tests run {same} of the same {}.{} line: \
+             what changed from {same} to {tag} is not run here",
+            line.0, line.1
+        )),
+    }
+}
+
+#[test]
+fn the_adapter_pin_is_compared_with_the_tested_lines() {
+    let tested = ["0.9.1".to_string(), "1.0.0-rc1".to_string()];
+    assert_eq!(
+        compare_adapter("1.0.0-rc1", &tested),
+        Ok("the image pins adapter 1.0.0-rc1, as tested".into())
+    );
+    let note = compare_adapter("1.0.1", &tested).expect("the tested 1.0 line");
+    assert!(
+        note.contains("run 1.0.0-rc1 of the same 1.0 line"),
+        "{note}"
+    );
+    let old = compare_adapter("0.9.1", &tested).expect_err("an older line");
+    assert!(old.contains("pin that line"), "{old}");
+    let untested = compare_adapter("1.1.0", &tested).expect_err("an untested line");
+    assert!(untested.contains("do not run"), "{untested}");
+    assert!(compare_adapter("latest", &tested).is_err());
+    let unpinned = adapter_pin(&[
+        "COPY --from=public.ecr.aws/awsguru/aws-lambda-adapter:1.0.1 /lambda-adapter /opt/extensions/lambda-adapter",
+    ]);
+    assert!(unpinned.expect_err("no digest").contains("digest"));
 }

@@ -86,26 +86,37 @@ impl Cursor {
     /// Records that backend `index` sent an event with `id`, and returns the
     /// id to send for it.
     pub fn advance(&mut self, index: usize, id: &Arc<str>) -> Arc<str> {
-        let id = if self.names.len() == 1 {
+        let sent = self.peek(index, id);
+        if self.names.len() > 1 {
+            self.positions[index] = Some(Arc::clone(id));
+        }
+        self.current = Some(Arc::clone(&sent));
+        sent
+    }
+
+    /// The id [`advance`](Self::advance) would return, without moving.
+    pub fn peek(&self, index: usize, id: &Arc<str>) -> Arc<str> {
+        if self.names.len() == 1 {
             // (A borrowed result may still differ: " " gives "%20".)
             let escaped = escape(id);
-            if *escaped == **id {
+            return if *escaped == **id {
                 Arc::clone(id)
             } else {
                 Arc::from(escaped)
+            };
+        }
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        for (i, (name, position)) in self.names.iter().zip(&self.positions).enumerate() {
+            let position = if i == index {
+                Some(id)
+            } else {
+                position.as_ref()
+            };
+            if let Some(position) = position {
+                form.append_pair(name, position);
             }
-        } else {
-            self.positions[index] = Some(Arc::clone(id));
-            let mut form = form_urlencoded::Serializer::new(String::new());
-            for (name, position) in self.names.iter().zip(&self.positions) {
-                if let Some(position) = position {
-                    form.append_pair(name, position);
-                }
-            }
-            Arc::from(form.finish())
-        };
-        self.current = Some(Arc::clone(&id));
-        id
+        }
+        Arc::from(form.finish())
     }
 
     /// The id of the last event sent (or resumed from).

@@ -51,6 +51,9 @@ pub enum CloseReason {
     Empty,
     /// The client's credential (a JWT) expired: it reconnects with a new one.
     CredentialExpired,
+    /// The response reached its byte budget (`lambda.max_response_bytes`,
+    /// under Lambda's cap on a streamed response).
+    ResponseCap,
 }
 
 impl CloseReason {
@@ -63,6 +66,7 @@ impl CloseReason {
             Self::Error => "error",
             Self::Empty => "empty",
             Self::CredentialExpired => "credential_expired",
+            Self::ResponseCap => "response_cap",
         }
     }
 }

@@ -370,16 +370,18 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
             passed.append(name.clone(), value.clone());
         }
     }
-    // The platform's deadline (less the margin) bounds the stream, and the
-    // work the request starts (a durable job).
-    let time_left = gateway.deadlines.remaining(&parts);
-    let lifetime = match time_left {
+    // The platform's deadline (less the margin) bounds the work the request
+    // starts (a durable job); it and CloudFront's completion timeout bound
+    // the stream, and a Lambda response's bytes are capped.
+    let bounds = gateway.deadlines.stream(&parts);
+    let time_left = bounds.time_left;
+    let lifetime = match bounds.lifetime {
         Some(Duration::ZERO) => {
-            tracing::warn!(route = %route.name, "The invocation's deadline is within lambda.deadline_margin: the stream ends at once (raise the function's timeout or lower the margin)");
+            tracing::warn!(route = %route.name, "The invocation's deadline (or CloudFront's completion timeout) is within its margin: the stream ends at once (raise the timeout or lower lambda.deadline_margin / cloudfront.completion_margin)");
             Duration::ZERO
         }
         Some(left) if left < route.max_lifetime => {
-            tracing::debug!(route = %route.name, left_ms = left.as_millis() as u64, "Stream ends before the invocation's deadline");
+            tracing::debug!(route = %route.name, left_ms = left.as_millis() as u64, "Stream ends before the platform's deadline");
             left
         }
         _ => route.max_lifetime,
@@ -428,6 +430,7 @@ async fn stream(gateway: &Arc<Gateway>, request: Request) -> Result<Response, Ap
     )
     .enveloped(envelope)
     .holding(client_slot)
+    .max_bytes(bounds.max_bytes)
     .credential_expires(
         grant
             .valid_for

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap, HeaderName};
 
-use crate::config::{LambdaConfig, LambdaMode};
+use crate::config::{CloudFrontConfig, LambdaConfig, LambdaMode};
 use crate::server::{Gateway, app, until_shutdown, with_jobs};
 
 /// Set by Lambda for the runtime process (and its extensions).
@@ -108,7 +108,9 @@ fn is_set(value: Option<&str>) -> bool {
     value.is_some_and(|v| !v.is_empty())
 }
 
-/// When streams must end inside an invocation.
+/// When and after how many bytes streams must end: inside a Lambda
+/// invocation (its deadline, its cap on a streamed response) and behind
+/// CloudFront (its response completion timeout).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Deadlines {
     function_timeout: Option<Duration>,
@@ -117,14 +119,55 @@ pub(crate) struct Deadlines {
     /// runs in Lambda, where the adapter sets it on every request) rather
     /// than from whoever sent the request.
     trust_context_header: bool,
+    /// `lambda.max_response_bytes`.
+    max_response_bytes: u64,
+    /// How long CloudFront lets a response last, less its margin.
+    completion: Option<Duration>,
+}
+
+/// What bounds one stream besides its route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StreamBounds {
+    /// The platform's deadline (Lambda's, less the margin) for the request
+    /// and the work it starts.
+    pub time_left: Option<Duration>,
+    /// How long the response itself may last (the deadline, or CloudFront's
+    /// completion timeout less its margin, whichever comes first).
+    pub lifetime: Option<Duration>,
+    /// The most bytes its body may carry (a Lambda invocation's).
+    pub max_bytes: Option<u64>,
 }
 
 impl Deadlines {
-    pub(crate) fn new(config: &LambdaConfig, trust_context_header: bool) -> Self {
+    pub(crate) fn new(
+        lambda: &LambdaConfig,
+        cloudfront: &CloudFrontConfig,
+        trust_context_header: bool,
+    ) -> Self {
         Self {
-            function_timeout: config.function_timeout,
-            margin: config.deadline_margin,
+            function_timeout: lambda.function_timeout,
+            margin: lambda.deadline_margin,
             trust_context_header,
+            max_response_bytes: lambda.max_response_bytes,
+            completion: cloudfront
+                .response_completion_timeout
+                .map(|timeout| timeout.saturating_sub(cloudfront.completion_margin)),
+        }
+    }
+
+    /// The bounds of a stream opened now for `request`.
+    pub(crate) fn stream(&self, request: &Parts) -> StreamBounds {
+        let time_left = self.remaining(request);
+        let lifetime = match (time_left, self.completion) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        StreamBounds {
+            time_left,
+            lifetime,
+            // A Lambda response: its invocation is known, or the function
+            // timeout is (the gateway was told it runs on Lambda).
+            max_bytes: time_left.map(|_| self.max_response_bytes),
         }
     }
 
@@ -156,7 +199,7 @@ impl Deadlines {
 
     /// How long a stream opened now for `request` may live, when an
     /// invocation limits it: the margin before the earliest known deadline.
-    pub(crate) fn remaining(&self, request: &Parts) -> Option<Duration> {
+    fn remaining(&self, request: &Parts) -> Option<Duration> {
         let invocation = self
             .invocation(&request.headers, &request.extensions)
             .map(|invocation| invocation.deadline)
@@ -311,7 +354,43 @@ mod tests {
             deadline_margin: Duration::from_secs(10),
             ..LambdaConfig::default()
         };
-        Deadlines::new(&config, trust)
+        Deadlines::new(&config, &CloudFrontConfig::default(), trust)
+    }
+
+    /// A stream's lifetime is the earliest of the Lambda deadline and
+    /// CloudFront's completion timeout (each less its margin); only a
+    /// Lambda response has a byte budget.
+    #[test]
+    fn a_stream_is_bounded_by_every_platform_in_front() {
+        let lambda = |timeout: Option<u64>| LambdaConfig {
+            function_timeout: timeout.map(Duration::from_secs),
+            max_response_bytes: 1_000_000,
+            ..LambdaConfig::default()
+        };
+        let cloudfront = |timeout: Option<u64>| CloudFrontConfig {
+            response_completion_timeout: timeout.map(Duration::from_secs),
+            completion_margin: Duration::from_secs(5),
+        };
+        let bounds =
+            |l, c| Deadlines::new(&lambda(l), &cloudfront(c), false).stream(&request(None));
+        let secs = |s| Some(Duration::from_secs(s));
+        let plain = bounds(None, None);
+        assert_eq!(
+            (plain.time_left, plain.lifetime, plain.max_bytes),
+            (None, None, None)
+        );
+        let behind_cloudfront = bounds(None, Some(600));
+        assert_eq!(behind_cloudfront.lifetime, secs(595));
+        assert_eq!(
+            behind_cloudfront.time_left, None,
+            "jobs outlive the response"
+        );
+        assert_eq!(behind_cloudfront.max_bytes, None, "not a Lambda response");
+        let on_lambda = bounds(Some(900), Some(600));
+        assert_eq!(on_lambda.time_left, secs(890));
+        assert_eq!(on_lambda.lifetime, secs(595));
+        assert_eq!(on_lambda.max_bytes, Some(1_000_000));
+        assert_eq!(bounds(Some(300), Some(600)).lifetime, secs(290));
     }
 
     #[test]

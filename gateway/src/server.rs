@@ -20,7 +20,8 @@ use backends::publish::Publisher;
 
 use crate::clients::Tally;
 use crate::config::{
-    ConfigError, ConfigProblem, GatewayConfig, HEALTH_PATH, LambdaConfig, ServerConfig,
+    CloudFrontConfig, ConfigError, ConfigProblem, GatewayConfig, HEALTH_PATH, LambdaConfig,
+    ServerConfig,
 };
 use crate::handler;
 use crate::lambda::{self, Deadlines};
@@ -90,8 +91,11 @@ impl Gateway {
             .iter()
             .map(|(name, route)| Route::from_config(name, route))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut gateway = Self::new(config.server.clone(), routes)?
-            .with_lambda(&config.lambda, lambda::in_lambda());
+        let mut gateway = Self::new(config.server.clone(), routes)?.with_platform(
+            &config.lambda,
+            &config.cloudfront,
+            lambda::in_lambda(),
+        );
         for (name, publish) in &config.publish {
             // Validation made sure every target is there.
             let Some(target) = &publish.target else {
@@ -222,11 +226,17 @@ impl Gateway {
         })
     }
 
-    /// Ends streams before Lambda invocations' deadlines as `config` says;
-    /// `in_lambda` (the process runs in a Lambda runtime) makes the
+    /// Ends streams before Lambda invocations' deadlines and byte cap, and
+    /// before CloudFront's completion timeout, as `lambda` and `cloudfront`
+    /// say; `in_lambda` (the process runs in a Lambda runtime) makes the
     /// adapter's `x-amzn-lambda-context` header trusted for the deadline.
-    pub fn with_lambda(mut self, config: &LambdaConfig, in_lambda: bool) -> Self {
-        self.deadlines = Deadlines::new(config, in_lambda);
+    pub fn with_platform(
+        mut self,
+        lambda: &LambdaConfig,
+        cloudfront: &CloudFrontConfig,
+        in_lambda: bool,
+    ) -> Self {
+        self.deadlines = Deadlines::new(lambda, cloudfront, in_lambda);
         self
     }
 

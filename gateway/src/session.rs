@@ -4,8 +4,9 @@
 //! - Events are written as soon as they come; whatever is ready at once is
 //!   sent in one chunk (at most [`BATCH_BYTES`]), nothing waits for more.
 //! - A heartbeat goes out after `heartbeat` of silence.
-//! - After `max_lifetime`, after `max_idle` without an event, on shutdown, or
-//!   when the client's token expires, the stream ends with a `gateway.close`
+//! - After `max_lifetime`, after `max_idle` without an event, on shutdown,
+//!   when the client's token expires, or before its body passes its byte
+//!   budget (a Lambda response's), the stream ends with a `gateway.close`
 //!   event carrying the last id.
 //! - A backend failure becomes a `gateway.error` event; with the `abort`
 //!   policy the stream then closes.
@@ -41,6 +42,10 @@ use crate::route::Route;
 /// Largest chunk assembled from events that are ready at once.
 pub const BATCH_BYTES: usize = 64 * 1024;
 
+/// Room a byte budget keeps for the final event, besides its id (written at
+/// most four times over, escaped: see [`Session::fits`]).
+const CLOSE_RESERVE: u64 = 512;
+
 /// How a stream ended, for the log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum End {
@@ -70,6 +75,8 @@ pub struct Session {
     end: Option<End>,
     events_sent: u64,
     bytes_sent: u64,
+    /// The most bytes the body may carry, the final event included.
+    max_bytes: u64,
     _permit: OwnedSemaphorePermit,
     /// Its client's place among `max_streams_per_client`.
     _client: Slot,
@@ -129,6 +136,7 @@ impl Session {
             end: None,
             events_sent: 0,
             bytes_sent: 0,
+            max_bytes: u64::MAX,
             _permit: permit,
             _client: Slot::unlimited(),
             metrics,
@@ -152,6 +160,26 @@ impl Session {
     pub fn holding(mut self, slot: Slot) -> Self {
         self._client = slot;
         self
+    }
+
+    /// Ends the stream before its body carries more than `max` bytes (with
+    /// the final event), when it has a budget: the event that would not fit
+    /// is left for the client's next request, which resumes before it.
+    pub fn max_bytes(mut self, max: Option<u64>) -> Self {
+        self.max_bytes = max.unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Whether `pending` more bytes, then the final event with the current
+    /// id, stay within the byte budget. The final event carries the id at
+    /// most four times (its SSE `id:` or envelope `id`, its data), each at
+    /// most twice as long escaped in JSON.
+    fn fits(&self, pending: usize) -> bool {
+        let id = self.cursor.current().map_or(0, str::len) as u64;
+        self.bytes_sent
+            .saturating_add(pending as u64)
+            .saturating_add(CLOSE_RESERVE + 8 * id)
+            <= self.max_bytes
     }
 
     /// Ends the stream `after` from now, when the client's credential
@@ -183,28 +211,32 @@ impl Session {
                 Poll::Ready(Some((index, Ok(mut event)))) => {
                     event.source = Arc::clone(&self.route.sources[index]);
                     // An empty id would reset a browser's last id: it is none.
-                    let id = event.id.as_ref().filter(|id| !id.is_empty());
-                    let id = id.map(|id| self.cursor.advance(index, id));
-                    self.encoder.event(buf, &event, id.as_deref());
+                    let id = event.id.clone().filter(|id| !id.is_empty());
+                    if !self.write(buf, index, id.as_ref(), &event) {
+                        return;
+                    }
                     self.events_sent += 1;
                     self.metrics.event(index);
                     self.last_event = now;
                 }
                 Poll::Ready(Some((index, Err(error)))) => {
-                    let source = &self.route.sources[index];
+                    let source = Arc::clone(&self.route.sources[index]);
                     self.metrics.backend_error(index, error.kind);
                     self.errors += 1;
-                    self.last_error = Some((Arc::clone(source), error.kind));
+                    self.last_error = Some((Arc::clone(&source), error.kind));
                     tracing::warn!(route = %self.route.name, backend = %source, %error, "Backend failed mid-stream");
                     // Where the client stands after it (a bus's notice): the
                     // route's id for it, in the event and as its SSE id.
-                    let resume = error
+                    let resume: Option<Arc<str>> = error
                         .resume_id
                         .as_deref()
                         .filter(|id| !id.is_empty())
-                        .map(|id| self.cursor.advance(index, &Arc::from(id)));
-                    let event = error_event(source, &error, resume.as_deref());
-                    self.encoder.event(buf, &event, resume.as_deref());
+                        .map(Arc::from);
+                    let resume_id = resume.as_ref().map(|id| self.cursor.peek(index, id));
+                    let event = error_event(&source, &error, resume_id.as_deref());
+                    if !self.write(buf, index, resume.as_ref(), &event) {
+                        return;
+                    }
                     if self.route.on_error == ErrorPolicy::Abort {
                         self.close(buf, CloseReason::Error);
                         return;
@@ -217,6 +249,30 @@ impl Session {
                 Poll::Pending => return,
             }
         }
+    }
+
+    /// Writes `event` from backend `index`, whose own id is `id`, and moves
+    /// the cursor past it. With a byte budget, an event that would leave no
+    /// room for the final event is not written (nor the cursor moved): the
+    /// stream closes instead, and `false` says so.
+    fn write(
+        &mut self,
+        buf: &mut BytesMut,
+        index: usize,
+        id: Option<&Arc<str>>,
+        event: &backends::Event,
+    ) -> bool {
+        let budgeted = self.max_bytes != u64::MAX;
+        let (before, cursor) = (buf.len(), budgeted.then(|| self.cursor.clone()));
+        let id = id.map(|id| self.cursor.advance(index, id));
+        self.encoder.event(buf, event, id.as_deref());
+        if let Some(cursor) = cursor.filter(|_| !self.fits(buf.len())) {
+            buf.truncate(before);
+            self.cursor = cursor;
+            self.close(buf, CloseReason::ResponseCap);
+            return false;
+        }
+        true
     }
 
     fn close(&mut self, buf: &mut BytesMut, reason: CloseReason) {
@@ -298,6 +354,10 @@ impl Stream for Session {
             }
             if now >= this.last_write + this.route.heartbeat {
                 let heartbeat = this.encoder.heartbeat();
+                if !this.fits(heartbeat.len()) {
+                    this.close(&mut buf, CloseReason::ResponseCap);
+                    return this.emit(buf.freeze());
+                }
                 return this.emit(heartbeat);
             }
             // Fired early: activity moved the deadline later.
@@ -330,5 +390,170 @@ impl Drop for Session {
             last_error_kind = error_kind,
             "Stream ended"
         );
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use backends::testing::{Mock, Step, event};
+    use futures::StreamExt;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// Streams `steps` on a route with `config` in `format` through a
+    /// session `made` adjusts; returns the body and how long it ran.
+    pub(crate) async fn run(
+        config: crate::config::RouteConfig,
+        steps: Vec<Step>,
+        format: Format,
+        made: impl FnOnce(Session) -> Session,
+    ) -> (String, Duration) {
+        let backend: Arc<dyn backends::Backend> = Arc::new(Mock::new(steps));
+        let route = Arc::new(Route::new("r", &config, vec![("b".into(), backend)]).unwrap());
+        let events = crate::fanin::open(&route, &[backends::RequestContext::default()])
+            .await
+            .unwrap();
+        let cursor = Cursor::parse(Arc::clone(&route.sources), None).unwrap();
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let start = Instant::now();
+        let metrics = crate::metrics::Metrics::new([route.as_ref()]).stream(&route, format, start);
+        let session = Session::new(
+            route,
+            format,
+            events,
+            cursor,
+            config.max_lifetime,
+            shutdown.cancelled_owned(),
+            permit,
+            metrics,
+        );
+        let chunks: Vec<_> = made(session).map(|c| c.unwrap()).collect().await;
+        (String::from_utf8(chunks.concat()).unwrap(), start.elapsed())
+    }
+
+    /// The ids of the events in an NDJSON or SSE body, and its final
+    /// event's data.
+    fn ids_and_close(body: &str, format: Format) -> (Vec<String>, Value) {
+        let mut ids = Vec::new();
+        let mut last = Value::Null;
+        match format {
+            Format::Sse => {
+                for block in body.split("\n\n").filter(|b| b.contains("data: ")) {
+                    let data = block
+                        .lines()
+                        .find_map(|l| l.strip_prefix("data: "))
+                        .unwrap();
+                    let data: Value = serde_json::from_str(data).unwrap();
+                    if data["event"] != "gateway.close" {
+                        ids.push(data["id"].as_str().unwrap().to_string());
+                    }
+                    last = data;
+                }
+            }
+            _ => {
+                for line in body.lines() {
+                    let line: Value = serde_json::from_str(line).unwrap();
+                    let data = if line["data"].is_object() {
+                        line["data"].clone()
+                    } else {
+                        line
+                    };
+                    if data["event"] != "gateway.close" {
+                        ids.push(data["id"].as_str().unwrap().to_string());
+                    }
+                    last = data;
+                }
+            }
+        }
+        (ids, last)
+    }
+
+    /// Events whose ids need escaping (quotes, backslashes) and grow longer.
+    fn awkward_events(count: usize) -> Vec<Step> {
+        (1..=count)
+            .map(|n| {
+                let id = format!("job\"\\{n:0width$}", width = 1 + n / 40);
+                Step::Event(event(
+                    &id,
+                    "tick",
+                    json!({"id": id, "pad": "x".repeat(n % 50)}),
+                ))
+            })
+            .chain([Step::Pending])
+            .collect()
+    }
+
+    /// A stream with a byte budget ends before its body passes it, in every
+    /// encoding: `gateway.close` (`response_cap`) names the id of the last
+    /// event it carries, so a client resumes exactly after it, and the event
+    /// that did not fit is not half-sent.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ends_within_its_byte_budget() {
+        for (format, envelope) in [
+            (Format::Sse, false),
+            (Format::Ndjson, false),
+            (Format::Ndjson, true),
+        ] {
+            for budget in [4096_u64, 10_000, 65_537] {
+                let config = crate::config::RouteConfig::new("/s");
+                let (body, _) = run(config, awkward_events(3000), format, |s| {
+                    s.enveloped(envelope).max_bytes(Some(budget))
+                })
+                .await;
+                let case = format!("{format} envelope={envelope} budget={budget}");
+                assert!(body.len() as u64 <= budget, "{case}: {} bytes", body.len());
+                assert!(
+                    body.len() as u64 > budget - 1024,
+                    "{case}: the budget was used ({} bytes)",
+                    body.len()
+                );
+                let (ids, close) = ids_and_close(&body, format);
+                assert_eq!(close["reason"], "response_cap", "{case}");
+                assert_eq!(
+                    Some(close["last_event_id"].as_str().unwrap()),
+                    ids.last().map(String::as_str),
+                    "{case}"
+                );
+                for (n, id) in ids.iter().enumerate() {
+                    assert!(
+                        id.ends_with(&format!("{:0w$}", n + 1, w = 1 + (n + 1) / 40)),
+                        "{case}: {id}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Heartbeats count too: a silent stream ends before they pass the
+    /// budget; without a budget nothing changes.
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_count_against_the_budget() {
+        let mut config = crate::config::RouteConfig::new("/s");
+        config.heartbeat = Duration::from_secs(1);
+        config.max_idle = Duration::from_secs(100_000);
+        config.max_lifetime = Duration::from_secs(100_000);
+        let steps = vec![Step::Event(event("1", "a", json!({}))), Step::Pending];
+        let (body, ran) = run(config.clone(), steps.clone(), Format::Sse, |s| {
+            s.max_bytes(Some(4096))
+        })
+        .await;
+        assert!(body.len() <= 4096, "{}", body.len());
+        assert!(
+            body.ends_with("\"reason\":\"response_cap\",\"last_event_id\":\"1\"}\n\n"),
+            "{body}"
+        );
+        assert!(
+            ran > Duration::from_secs(100) && ran < Duration::from_secs(1000),
+            "{ran:?}"
+        );
+        let (body, ran) = run(config, steps, Format::Sse, |s| s.max_bytes(None)).await;
+        assert!(body.contains("\"reason\":\"lifetime\""), "{body}");
+        assert_eq!(ran, Duration::from_secs(100_000));
     }
 }

@@ -1,9 +1,10 @@
 //! The `gateway` binary on Lambda, end to end, without AWS: behind a Function
-//! URL and Runtime API emulator (`support/lambda_emulator.rs`), once under the
-//! real Lambda Web Adapter (`lambda-adapter` 0.9.1, the version the image
-//! pins) with the settings of `deploy/Dockerfile`, and once in native mode.
+//! URL and Runtime API emulator (`support/lambda_emulator.rs`), under the
+//! real Lambda Web Adapter of each release line in
+//! `deploy/lambda-adapter-versions` (0.9.1 and 1.0.0-rc1) with the settings
+//! of `deploy/Dockerfile`, and in native mode.
 //!
-//! Each test runs in both modes and proves, through the Function URL: status
+//! Each test runs in every mode and proves, through the Function URL: status
 //! and headers pass, events arrive one by one (in separate reads, in
 //! streaming mode), a POST body reaches the backend, an empty 204 ends,
 //! SIGTERM ends the stream with its final event, and streams end before the
@@ -45,15 +46,31 @@ type = "ticker"
 interval = "20ms"
 "#;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Mode {
-    /// The real Lambda Web Adapter in front of the gateway's HTTP server.
-    Adapter,
+    /// The real Lambda Web Adapter, of this release, in front of the
+    /// gateway's HTTP server.
+    Adapter(String),
     /// The gateway's own Runtime API client.
     Native,
 }
 
-const MODES: [Mode; 2] = [Mode::Adapter, Mode::Native];
+/// Every adapter release line the image may pin, then native mode.
+fn modes() -> Vec<Mode> {
+    let versions = include_str!("../../deploy/lambda-adapter-versions");
+    let mut modes: Vec<Mode> = versions
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|v| Mode::Adapter(v.to_string()))
+        .collect();
+    assert!(
+        modes.len() >= 2,
+        "deploy/lambda-adapter-versions: {modes:?}"
+    );
+    modes.push(Mode::Native);
+    modes
+}
 
 /// A function: the emulator, the gateway, and in adapter mode the adapter.
 struct Function {
@@ -65,7 +82,7 @@ struct Function {
 }
 
 impl Function {
-    async fn start(mode: Mode, function_timeout: Duration, env: &[(&str, &str)]) -> Self {
+    async fn start(mode: &Mode, function_timeout: Duration, env: &[(&str, &str)]) -> Self {
         let emulator = Emulator::start(function_timeout).await;
         let mut config = tempfile::Builder::new()
             .suffix(".toml")
@@ -78,7 +95,7 @@ impl Function {
         vars.push(("RUST_LOG".into(), "info".into()));
         vars.push(("NO_COLOR".into(), "1".into()));
         let mut adapter = None;
-        if mode == Mode::Adapter {
+        if let Mode::Adapter(_) = mode {
             vars.extend(dockerfile_env());
             // The gateway picks a free port itself and the adapter is told
             // it: a port chosen here and released could be taken by another
@@ -89,18 +106,18 @@ impl Function {
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
 
         let mut gateway = process(env!("CARGO_BIN_EXE_gateway"), &vars);
-        if mode == Mode::Adapter {
+        if let Mode::Adapter(_) = mode {
             gateway.stderr(Stdio::piped());
         }
         let mut gateway = gateway.spawn().expect("start the gateway");
-        if mode == Mode::Adapter {
+        if let Mode::Adapter(version) = mode {
             let port = listening_port(&mut gateway).await;
             vars.push(("AWS_LWA_PORT".into(), port.to_string()));
             // Lambda starts the extension beside the function's process.
             adapter = Some(
-                process(&adapter_binary(), &vars)
+                process(&adapter_binary(version), &vars)
                     .spawn()
-                    .expect("start lambda-adapter"),
+                    .unwrap_or_else(|e| panic!("start lambda-adapter {version}: {e}")),
             );
         }
         let client = reqwest::Client::builder()
@@ -184,27 +201,26 @@ fn dockerfile_env() -> Vec<(String, String)> {
     vars
 }
 
-/// The Lambda Web Adapter binary: `$LAMBDA_ADAPTER`, else `lambda-adapter`
-/// on the PATH or in cargo's bin folder (`.ci/run` installs it there with
-/// `cargo install lambda_web_adapter --version 0.9.1 --locked`).
-fn adapter_binary() -> String {
-    if let Ok(path) = std::env::var("LAMBDA_ADAPTER") {
-        return path;
-    }
-    let cargo_bin = std::env::var_os("CARGO_HOME")
+/// The Lambda Web Adapter binary of `version`:
+/// `$LAMBDA_ADAPTERS/VERSION/bin/lambda-adapter`, where `$LAMBDA_ADAPTERS`
+/// defaults to `~/.local/share/lambda-adapter` (`.ci/run` installs each
+/// version there with `cargo install --root`).
+fn adapter_binary(version: &str) -> String {
+    let root = std::env::var_os("LAMBDA_ADAPTERS")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .map(|home| home.join("bin"));
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(cargo_bin)
-        .map(|dir| dir.join("lambda-adapter"))
-        .find(|candidate| candidate.is_file())
-        .map(|found| found.display().to_string())
-        .expect(
-            "lambda-adapter not found: install it with \
-             `cargo install lambda_web_adapter --version 0.9.1 --locked` (.ci/run does)",
-        )
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/lambda-adapter"))
+        })
+        .expect("HOME or LAMBDA_ADAPTERS is set");
+    let binary = root.join(version).join("bin/lambda-adapter");
+    assert!(
+        binary.is_file(),
+        "{} not found: install it with `cargo install --locked lambda_web_adapter \
+         --version {version} --root {}` (.ci/run does)",
+        binary.display(),
+        root.join(version).display()
+    );
+    binary.display().to_string()
 }
 
 /// The port from the gateway's `Listening on http://127.0.0.1:PORT/` log
@@ -281,8 +297,8 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn the_reference_stream_arrives_event_by_event_with_its_headers() {
-    for mode in MODES {
-        let function = Function::start(mode, TIMEOUT, &[]).await;
+    for mode in modes() {
+        let function = Function::start(&mode, TIMEOUT, &[]).await;
         let response = within(
             function
                 .client
@@ -322,8 +338,8 @@ async fn the_reference_stream_arrives_event_by_event_with_its_headers() {
 
 #[tokio::test]
 async fn sse_post_bodies_errors_and_empty_answers_pass_through() {
-    for mode in MODES {
-        let function = Function::start(mode, TIMEOUT, &[]).await;
+    for mode in modes() {
+        let function = Function::start(&mode, TIMEOUT, &[]).await;
         // SSE, and a POST body the backend reads.
         let response = within(
             function
@@ -402,8 +418,8 @@ async fn ticks_then(function: &Function, after: usize, stop: impl AsyncFnOnce())
 
 #[tokio::test]
 async fn sigterm_ends_the_stream_with_its_final_event() {
-    for mode in MODES {
-        let mut function = Function::start(mode, TIMEOUT, &[]).await;
+    for mode in modes() {
+        let mut function = Function::start(&mode, TIMEOUT, &[]).await;
         let events = ticks_then(&function, 3, || function.terminate()).await;
         let last = events.last().expect("events");
         assert_eq!(last["event"], "gateway.close", "{mode:?}: {events:?}");
@@ -424,10 +440,10 @@ async fn sigterm_ends_the_stream_with_its_final_event() {
 
 #[tokio::test]
 async fn streams_end_before_the_invocations_deadline() {
-    for mode in MODES {
+    for mode in modes() {
         // The invocation has 1.5 s; streams end 1 s before it.
         let function = Function::start(
-            mode,
+            &mode,
             Duration::from_millis(1500),
             &[("GATEWAY__LAMBDA__DEADLINE_MARGIN", "1s")],
         )
@@ -443,15 +459,68 @@ async fn streams_end_before_the_invocations_deadline() {
     }
 }
 
+/// Lambda cuts a streamed response at 200 MB without a word: the gateway
+/// ends it first, within `lambda.max_response_bytes` (here 4 KiB), with
+/// `gateway.close` (`response_cap`) and its last id, and the next
+/// invocation resumes right after it.
+#[tokio::test]
+async fn streams_end_within_the_response_byte_cap() {
+    const CAP: usize = 4096;
+    for mode in modes() {
+        let function = Function::start(
+            &mode,
+            TIMEOUT,
+            &[("GATEWAY__LAMBDA__MAX_RESPONSE_BYTES", &CAP.to_string())],
+        )
+        .await;
+        let response = within(function.client.get(function.url("/ticks")).send())
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "{mode:?}");
+        let body = within(response.bytes()).await.expect("the whole body");
+        assert!(body.len() <= CAP, "{mode:?}: {} bytes", body.len());
+        assert!(body.len() > CAP / 2, "{mode:?}: {} bytes", body.len());
+        let events: Vec<Value> = std::str::from_utf8(&body)
+            .expect("UTF-8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        let (last, ticks) = events.split_last().expect("events");
+        assert_eq!(last["event"], "gateway.close", "{mode:?}: {events:?}");
+        assert_eq!(last["reason"], "response_cap", "{mode:?}");
+        let last_tick = ticks.last().expect("ticks")["seq"].as_u64().expect("a seq");
+        assert_eq!(last["last_event_id"], last_tick.to_string(), "{mode:?}");
+        let record = function.last_record().await;
+        assert!(record.completed, "{mode:?}: {record:?}");
+        // A fresh invocation resumes right after it.
+        let response = within(
+            function
+                .client
+                .get(function.url("/ticks"))
+                .header("last-event-id", last_tick.to_string())
+                .send(),
+        )
+        .await
+        .expect("request");
+        let mut body = response.bytes_stream();
+        let first = within(body.next()).await.expect("an event").expect("chunk");
+        let first: Value =
+            serde_json::from_slice(first.split(|&b| b == b'\n').next().expect("a line"))
+                .expect("JSON");
+        assert_eq!(first["seq"].as_u64(), Some(last_tick + 1), "{mode:?}");
+    }
+}
+
 /// Lambda sends SIGTERM only to environments with an extension: the adapter
 /// is one, and native mode registers its own.
 #[tokio::test]
 async fn each_mode_registers_an_extension_so_lambda_sends_sigterm() {
-    for (mode, extension) in [
-        (Mode::Adapter, "lambda-adapter"),
-        (Mode::Native, gateway::lambda::EXTENSION_NAME),
-    ] {
-        let function = Function::start(mode, TIMEOUT, &[]).await;
+    for mode in modes() {
+        let extension = match mode {
+            Mode::Adapter(_) => "lambda-adapter",
+            Mode::Native => gateway::lambda::EXTENSION_NAME,
+        };
+        let function = Function::start(&mode, TIMEOUT, &[]).await;
         within(function.client.get(function.url("/nowhere")).send())
             .await
             .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
@@ -467,11 +536,11 @@ async fn each_mode_registers_an_extension_so_lambda_sends_sigterm() {
 #[ignore = "a measurement: run it with --ignored --nocapture"]
 async fn measure_cold_start() {
     const RUNS: usize = 20;
-    for mode in MODES {
+    for mode in modes() {
         let mut times = Vec::with_capacity(RUNS);
         for _ in 0..RUNS {
             let started = std::time::Instant::now();
-            let function = Function::start(mode, TIMEOUT, &[]).await;
+            let function = Function::start(&mode, TIMEOUT, &[]).await;
             let response = within(function.client.get(function.url("/")).send())
                 .await
                 .expect("request");

@@ -553,32 +553,7 @@ mod tests {
         format: crate::Format,
         expires: Option<Duration>,
     ) -> (String, Duration) {
-        use futures::StreamExt;
-        let backend: Arc<dyn backends::Backend> = Arc::new(backends::testing::Mock::new(steps));
-        let route = Arc::new(crate::Route::new("r", &config, vec![("b".into(), backend)]).unwrap());
-        let events = crate::fanin::open(&route, &[backends::RequestContext::default()])
-            .await
-            .unwrap();
-        let cursor = crate::cursor::Cursor::parse(Arc::clone(&route.sources), None).unwrap();
-        let permit = Arc::new(tokio::sync::Semaphore::new(1))
-            .try_acquire_owned()
-            .unwrap();
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let start = tokio::time::Instant::now();
-        let metrics = crate::metrics::Metrics::new([route.as_ref()]).stream(&route, format, start);
-        let session = crate::session::Session::new(
-            route,
-            format,
-            events,
-            cursor,
-            config.max_lifetime,
-            shutdown.cancelled_owned(),
-            permit,
-            metrics,
-        )
-        .credential_expires(expires);
-        let chunks: Vec<_> = session.map(|c| c.unwrap()).collect().await;
-        (String::from_utf8(chunks.concat()).unwrap(), start.elapsed())
+        crate::session::tests::run(config, steps, format, |s| s.credential_expires(expires)).await
     }
 
     /// A stream whose credential expires ends then, with `gateway.close`

@@ -13,8 +13,8 @@ use ::config::{Config, Environment, File, FileFormat, Map, Value, ValueKind};
 use serde::de::DeserializeOwned;
 
 use super::{
-    AuthConfig, ConfigError, ConfigProblem, GatewayConfig, LambdaConfig, PublishConfig,
-    RouteConfig, ServerConfig,
+    AuthConfig, CloudFrontConfig, ConfigError, ConfigProblem, GatewayConfig, LambdaConfig,
+    PublishConfig, RouteConfig, ServerConfig,
 };
 use backends::BackendConfig;
 use backends::publish::PublisherConfig;
@@ -164,10 +164,11 @@ impl Parser<'_> {
     /// everything parsed.
     fn config(&mut self) -> (GatewayConfig, bool) {
         for key in self.root.keys() {
-            if !["server", "routes", "lambda", "publish"].contains(&key.as_str()) {
+            if !["server", "routes", "lambda", "cloudfront", "publish"].contains(&key.as_str()) {
                 self.problem(
                     key,
-                    "unknown key; expected `server`, `routes`, `publish` or `lambda`".into(),
+                    "unknown key; expected `server`, `routes`, `publish`, `lambda` or `cloudfront`"
+                        .into(),
                 );
             }
         }
@@ -178,6 +179,10 @@ impl Parser<'_> {
         let lambda = match self.root.get("lambda") {
             None => Some(LambdaConfig::default()),
             Some(value) => self.table::<LambdaConfig>(value, "lambda", &[]),
+        };
+        let cloudfront = match self.root.get("cloudfront") {
+            None => Some(CloudFrontConfig::default()),
+            Some(value) => self.table::<CloudFrontConfig>(value, "cloudfront", &[]),
         };
         let routes = match self.root.get("routes") {
             None => {
@@ -191,10 +196,12 @@ impl Parser<'_> {
             None => (BTreeMap::new(), true),
             Some(value) => self.publish(value).unwrap_or_default(),
         };
-        let complete = server.is_some() && lambda.is_some() && routes_ok && publish_ok;
+        let complete =
+            server.is_some() && lambda.is_some() && cloudfront.is_some() && routes_ok && publish_ok;
         let config = GatewayConfig {
             server: server.unwrap_or_default(),
             lambda: lambda.unwrap_or_default(),
+            cloudfront: cloudfront.unwrap_or_default(),
             publish,
             routes,
         };
@@ -543,6 +550,7 @@ mod tests {
         let expected = GatewayConfig {
             server: ServerConfig::default(),
             lambda: LambdaConfig::default(),
+            cloudfront: CloudFrontConfig::default(),
             publish: BTreeMap::new(),
             routes: BTreeMap::from([("reference".into(), route)]),
         };

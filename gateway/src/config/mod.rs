@@ -43,6 +43,9 @@ pub struct GatewayConfig {
     /// Running on AWS Lambda.
     #[serde(default)]
     pub lambda: LambdaConfig,
+    /// Behind Amazon CloudFront.
+    #[serde(default)]
+    pub cloudfront: CloudFrontConfig,
     /// Publish routes by name: a `POST` there appends an event to a bus
     /// that stream routes read.
     #[serde(default)]
@@ -223,7 +226,20 @@ pub struct LambdaConfig {
     /// Default: `10s`.
     #[serde(with = "humantime_serde")]
     pub deadline_margin: Duration,
+    /// The most bytes one streamed response of a Lambda invocation carries:
+    /// Lambda cuts a streamed response at 200 MB without a word, so the
+    /// gateway ends it first, with a `gateway.close` event (reason
+    /// `response_cap`) and its last id, and the client resumes on a fresh
+    /// invocation. Counts every byte of the body (events, heartbeats, the
+    /// final event). Applies to streams of Lambda invocations only.
+    /// Default: 190000000 (10 MB under the cap).
+    pub max_response_bytes: u64,
 }
+
+/// Lambda's cap on one streamed response (bytes).
+pub const LAMBDA_RESPONSE_CAP: u64 = 200_000_000;
+/// The smallest `lambda.max_response_bytes`.
+const MIN_RESPONSE_BYTES: u64 = 4096;
 
 impl Default for LambdaConfig {
     fn default() -> Self {
@@ -231,6 +247,35 @@ impl Default for LambdaConfig {
             mode: LambdaMode::Auto,
             function_timeout: None,
             deadline_margin: Duration::from_secs(10),
+            max_response_bytes: LAMBDA_RESPONSE_CAP - 10_000_000,
+        }
+    }
+}
+
+/// `[cloudfront]`: what the distribution in front enforces.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudFrontConfig {
+    /// The origin's `ResponseCompletionTimeout`: CloudFront cuts a response
+    /// that lasts longer. Every stream then ends `completion_margin` before
+    /// it (its lifetime is the smallest of this, the Lambda deadline and the
+    /// route's `max_lifetime`), with a `gateway.close` event and its last
+    /// id. Default: none (CloudFront enforces none unless set).
+    #[serde(with = "humantime_serde")]
+    pub response_completion_timeout: Option<Duration>,
+    /// How long before the completion timeout streams end: CloudFront's
+    /// clock starts before the gateway sees the request (the edge
+    /// functions, a Lambda cold start), so leave room for those.
+    /// Default: `10s`.
+    #[serde(with = "humantime_serde")]
+    pub completion_margin: Duration,
+}
+
+impl Default for CloudFrontConfig {
+    fn default() -> Self {
+        Self {
+            response_completion_timeout: None,
+            completion_margin: Duration::from_secs(10),
         }
     }
 }
@@ -637,6 +682,20 @@ impl GatewayConfig {
         if self.lambda.deadline_margin > Duration::from_secs(300) {
             push("lambda.deadline_margin", "must be at most 5m");
         }
+        if !(MIN_RESPONSE_BYTES..=LAMBDA_RESPONSE_CAP).contains(&self.lambda.max_response_bytes) {
+            push(
+                "lambda.max_response_bytes",
+                "must be from 4096 to 200000000 (Lambda's cap on a streamed response)",
+            );
+        }
+        if let Some(timeout) = self.cloudfront.response_completion_timeout {
+            if self.cloudfront.completion_margin >= timeout {
+                push(
+                    "cloudfront.completion_margin",
+                    "must be shorter than cloudfront.response_completion_timeout",
+                );
+            }
+        }
         if self.routes.is_empty() {
             push("routes", "there must be at least one route");
         }
@@ -948,6 +1007,7 @@ mod tests {
                 ..ServerConfig::default()
             },
             lambda: LambdaConfig::default(),
+            cloudfront: CloudFrontConfig::default(),
             publish: BTreeMap::new(),
             routes: BTreeMap::from([
                 ("a".into(), route("/x/{id}")),
@@ -983,6 +1043,7 @@ mod tests {
         let config = GatewayConfig {
             server: ServerConfig::default(),
             lambda: LambdaConfig::default(),
+            cloudfront: CloudFrontConfig::default(),
             publish: BTreeMap::new(),
             routes: BTreeMap::from([("API".into(), r)]),
         };
@@ -1006,6 +1067,7 @@ mod tests {
         let config = |server: ServerConfig, lambda: LambdaConfig| GatewayConfig {
             server,
             lambda,
+            cloudfront: CloudFrontConfig::default(),
             publish: BTreeMap::new(),
             routes: BTreeMap::from([("a".into(), route("/"))]),
         };
