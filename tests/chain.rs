@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use backends::testing::event;
 use backends::{Backend, BackendError, EventStream, RequestContext};
 use futures::{Stream, StreamExt};
-use gateway::config::ServerConfig;
+use gateway::config::{AuthConfig, AuthType, CredentialPlace, ServerConfig};
 use gateway_tests::{TestServer, ndjson_lines, sse_events};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -46,6 +46,12 @@ const AUTHORIZATION_SOURCE: &str = "x-client-authorization";
 const CLIENT_IP_HEADER: &str = "cloudfront-viewer-address";
 /// A query whose values need encoding, to be signed and verified.
 const QUERY: &str = "q=hello%20world&name=J%C3%BCrgen&lang=en";
+/// The cookie a browser's `EventSource` carries its credential in (it
+/// cannot set headers): the route's `cookie_name`, and the deploy's
+/// `CredentialCookie` parameter.
+const CREDENTIAL_COOKIE: &str = "access_token";
+/// The static token the cookie route accepts.
+const COOKIE_TOKEN: &str = "cookie-route-token-0123456789";
 /// How long a step may take before the test calls it stuck. Only a guard:
 /// nothing here waits for time to pass.
 const STUCK: Duration = Duration::from_secs(20);
@@ -103,6 +109,25 @@ impl Chain {
     /// The chain with the gateway's `server` settings as the template sets
     /// them (the rest as given).
     async fn with(server: ServerConfig) -> Self {
+        Self::build(server, AuthConfig::default(), &[]).await
+    }
+
+    /// The chain with a route that reads its credential from the cookie
+    /// [`CREDENTIAL_COOKIE`], deployed with `parameters`.
+    async fn with_cookie_auth(parameters: &[(&str, &str)]) -> Self {
+        let auth = AuthConfig {
+            kind: AuthType::Bearer,
+            tokens: vec![COOKIE_TOKEN.into()],
+            from: vec![CredentialPlace::Cookie],
+            cookie_name: CREDENTIAL_COOKIE.into(),
+            ..AuthConfig::default()
+        };
+        Self::build(ServerConfig::default(), auth, parameters).await
+    }
+
+    /// The chain with the route's `auth`, and the origin request policy
+    /// of a deploy that gives the template `parameters`.
+    async fn build(server: ServerConfig, auth: AuthConfig, parameters: &[(&str, &str)]) -> Self {
         let backend = Arc::new(Recorder::default());
         let server = ServerConfig {
             authorization_source: Some(AUTHORIZATION_SOURCE.into()),
@@ -116,6 +141,7 @@ impl Chain {
                 route.pass_headers = vec!["authorization".into()];
                 // A header of the route's own comes back through the chain.
                 route.response_headers = [("X-AggregateInfo-Result".into(), "OK".into())].into();
+                route.auth = auth;
             },
             server,
         )
@@ -125,7 +151,7 @@ impl Chain {
         Self {
             backend,
             function_url,
-            policy: OriginRequestPolicy::from_template(),
+            policy: OriginRequestPolicy::from_template(parameters),
             _gateway: gateway,
         }
     }
@@ -193,6 +219,18 @@ fn viewer(method: &str, accept: &str) -> Request {
         .header("User-Agent", "chain-test/1.0")
 }
 
+/// What a browser's `EventSource` sends: a GET that asks for SSE, with
+/// the cookies of the distribution's domain and no `Authorization` (it
+/// cannot set headers).
+fn event_source(cookie: &str) -> Request {
+    Request::new("GET", "/", QUERY)
+        .header("Host", DISTRIBUTION_DOMAIN)
+        .header("Accept", "text/event-stream")
+        .header("Cache-Control", "no-cache")
+        .header("Cookie", cookie)
+        .header("User-Agent", "Mozilla/5.0 (chain-test)")
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -216,10 +254,30 @@ fn json_of(text: &str) -> Value {
 
 /// The origin request policy of the template forwards what the gateway
 /// reads, and neither `Host` (the signature covers the Function URL's own)
-/// nor `Authorization` (OAC's).
+/// nor `Authorization` (OAC's); cookies only when the deploy names its
+/// credential cookie (`CredentialCookie`), and then that one only.
 #[test]
 fn the_template_forwards_what_the_gateway_needs() {
-    let policy = OriginRequestPolicy::from_template();
+    let default = OriginRequestPolicy::from_template(&[]);
+    assert_eq!(default.cookie_behavior, "none", "{default:?}");
+    assert_eq!(default.cookies, Vec::<String>::new());
+    let with_cookie =
+        OriginRequestPolicy::from_template(&[("CredentialCookie", CREDENTIAL_COOKIE)]);
+    assert_eq!(with_cookie.cookie_behavior, "whitelist", "{with_cookie:?}");
+    assert_eq!(with_cookie.cookies, [CREDENTIAL_COOKIE]);
+    assert!(with_cookie.forwards_cookie(CREDENTIAL_COOKIE));
+    assert!(!with_cookie.forwards_cookie("theme"));
+    assert!(
+        !with_cookie.forwards_cookie("Access_Token"),
+        "cookie names are case-sensitive"
+    );
+    // The cookie changes nothing else.
+    assert_eq!(
+        (&default.headers, &default.query_string_behavior),
+        (&with_cookie.headers, &with_cookie.query_string_behavior)
+    );
+
+    let policy = default;
     assert_eq!(policy.header_behavior, "whitelist", "{policy:?}");
     for needed in [
         "X-Original-Host",
@@ -242,7 +300,6 @@ fn the_template_forwards_what_the_gateway_needs() {
         );
     }
     assert_eq!(policy.query_string_behavior, "all");
-    assert_eq!(policy.cookie_behavior, "none");
 }
 
 /// The template tells the gateway the headers the policy forwards.
@@ -327,17 +384,133 @@ Resources:
   Next:
     Type: AWS::Other
 ";
-    let policy = OriginRequestPolicy::parse(block).unwrap();
+    let policy = OriginRequestPolicy::parse(block, &[]).unwrap();
     assert_eq!(policy.headers, ["X-Original-Host", "Accept"]);
     assert_eq!(policy.query_string_behavior, "all");
+    assert_eq!(policy.cookie_behavior, "none");
+    assert_eq!(policy.cookies, Vec::<String>::new());
     let flow = block.replace(
         "Headers:\n            # And inside it.\n            - X-Original-Host\n            - \"Accept\" # quoted, with a comment",
         "Headers: [X-Original-Host, 'Accept']",
     );
     assert_eq!(
-        OriginRequestPolicy::parse(&flow).unwrap().headers,
+        OriginRequestPolicy::parse(&flow, &[]).unwrap().headers,
         ["X-Original-Host", "Accept"]
     );
+}
+
+/// The extraction evaluates what CloudFormation evaluates for a deploy:
+/// `!If` on a condition of `!Not`/`!Equals` over a `!Ref` to a parameter,
+/// the parameter's `Default` when the deploy gives none, and
+/// `!Ref AWS::NoValue`; and it refuses what it cannot evaluate.
+#[test]
+fn policy_extraction_evaluates_a_deploys_parameters() {
+    let template = "\
+Parameters:
+  Other:
+    Type: String
+    Default: other
+  Cookie:
+    Type: String
+    Description: >-
+      Default: not this line, which is the description's text.
+    Default: \"\"
+    AllowedPattern: '^[A-Za-z0-9!#$%&*+.^_`|~-]{0,128}$'
+
+Conditions:
+  HasCookie: !Not [!Equals [!Ref Cookie, \"\"]]
+  IsOther: !Equals [!Ref Other, other]
+
+Resources:
+  Policy:
+    Type: AWS::CloudFront::OriginRequestPolicy
+    Properties:
+      OriginRequestPolicyConfig:
+        HeadersConfig:
+          HeaderBehavior: !If [IsOther, whitelist, none]
+          Headers:
+            - !Ref Other
+        QueryStringsConfig:
+          QueryStringBehavior: all
+        CookiesConfig:
+          CookieBehavior: !If [HasCookie, whitelist, none]
+          Cookies: !If [HasCookie, [!Ref Cookie, !Ref AWS::NoValue], !Ref AWS::NoValue]
+";
+    let default = OriginRequestPolicy::parse(template, &[]).unwrap();
+    assert_eq!(
+        (default.cookie_behavior.as_str(), default.cookies.len()),
+        ("none", 0)
+    );
+    assert_eq!(
+        (default.header_behavior.as_str(), default.headers.as_slice()),
+        ("whitelist", ["other".to_string()].as_slice())
+    );
+    let set = OriginRequestPolicy::parse(template, &[("Cookie", "tok"), ("Other", "x")]).unwrap();
+    assert_eq!(set.cookie_behavior, "whitelist");
+    assert_eq!(set.cookies, ["tok"]);
+    assert_eq!(
+        (set.header_behavior.as_str(), set.headers.as_slice()),
+        ("none", ["x".to_string()].as_slice())
+    );
+
+    for (written, broken, why) in [
+        (
+            "!Ref Cookie, \"\"]]",
+            "!Ref Missing, \"\"]]",
+            "no parameter Missing",
+        ),
+        ("[IsOther,", "[IsMissing,", "no condition IsMissing"),
+        (
+            "!If [HasCookie, whitelist, none]",
+            "!Sub ${Cookie}",
+            "does not evaluate !Sub",
+        ),
+        (
+            "whitelist, none]",
+            "whitelist",
+            "a list goes on with , or ends with ]",
+        ),
+    ] {
+        let template = template.replacen(written, broken, 1);
+        let refusal = OriginRequestPolicy::parse(&template, &[])
+            .expect_err(&format!("{broken} must not evaluate"));
+        assert!(refusal.contains(why), "{broken}: {refusal}");
+    }
+}
+
+/// The policy's cookie behavior decides which of a viewer's cookies reach
+/// the origin, in one `Cookie` header CloudFront writes: `whitelist` the
+/// listed ones only, `allExcept` the others, `all` every one, `none` none
+/// (and then no header at all).
+#[test]
+fn the_policy_forwards_the_cookies_its_behavior_names() {
+    let viewer = Request::new("GET", "/", "")
+        .header("Host", DISTRIBUTION_DOMAIN)
+        .header("Cookie", "theme=dark; access_token=abc")
+        .header("Cookie", "other=x; Access_Token=no");
+    let policy = |behavior: &str| OriginRequestPolicy {
+        header_behavior: "none".into(),
+        headers: Vec::new(),
+        query_string_behavior: "all".into(),
+        cookie_behavior: behavior.into(),
+        cookies: vec!["access_token".into(), "other".into()],
+    };
+    let cookies = |behavior: &str| -> Vec<(String, String)> {
+        policy(behavior)
+            .apply(&viewer, "origin.example")
+            .headers
+            .into_iter()
+            .filter(|(name, _)| name == "cookie")
+            .collect()
+    };
+    let one = |value: &str| vec![("cookie".to_string(), value.to_string())];
+    assert_eq!(cookies("whitelist"), one("access_token=abc; other=x"));
+    assert_eq!(cookies("allExcept"), one("theme=dark; Access_Token=no"));
+    assert_eq!(
+        cookies("all"),
+        one("theme=dark; access_token=abc; other=x; Access_Token=no")
+    );
+    assert_eq!(cookies("none"), []);
 }
 
 /// The verifier accepts what `aws-sigv4` signs, for requests with encoded
@@ -625,4 +798,228 @@ async fn the_edge_hasher_hashes_raw_bytes() {
         hashed.get("x-amz-content-sha256"),
         Some(sha256_hex(&body).as_str())
     );
+}
+
+/// A browser's `EventSource` crosses the chain with its credential in a
+/// cookie: with `CredentialCookie` set, CloudFront forwards that cookie and
+/// no other of the viewer's, OAC signs it, the Function URL accepts the
+/// signature, and the gateway, reading the cookie, streams. The backend
+/// sees no credential header at all (neither OAC's nor the cookie).
+#[tokio::test]
+async fn an_event_source_with_the_credential_cookie_gets_its_stream() {
+    let chain = Chain::with_cookie_auth(&[("CredentialCookie", CREDENTIAL_COOKIE)]).await;
+    let viewer = event_source(&format!(
+        "theme=dark; {CREDENTIAL_COOKIE}={COOKIE_TOKEN}; other=x"
+    ));
+    let origin = chain
+        .through_the_edge(&viewer)
+        .await
+        .expect("the edge passes a GET on");
+    let cookies: Vec<&(String, String)> = origin
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "cookie")
+        .collect();
+    let only_credential = format!("{CREDENTIAL_COOKIE}={COOKIE_TOKEN}");
+    assert_eq!(
+        cookies,
+        [&("cookie".to_string(), only_credential)],
+        "the credential cookie, and none of the viewer's others"
+    );
+    assert_eq!(origin.get("authorization"), None);
+    assert_eq!(origin.get(AUTHORIZATION_SOURCE), None);
+
+    // Signed as every header sent is, so the Function URL's verifier
+    // checks the cookie too.
+    let signed = cloudfront::oac_sign(&origin, SystemTime::now());
+    let sigv4 = signed.get("authorization").expect("OAC signs");
+    let signed_headers = sigv4
+        .split("SignedHeaders=")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("SignedHeaders");
+    assert!(signed_headers.split(';').any(|h| h == "cookie"), "{sigv4}");
+    let response = chain.send(&signed).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(response.headers()["x-request-host"], DISTRIBUTION_DOMAIN);
+    let mut events = sse_events(response);
+    let first = next(&mut events, "event 1").await;
+    assert_eq!(json_of(&first.data), json!({ "body": null }));
+    let second = next(&mut events, "event 2").await;
+    assert_eq!(
+        json_of(&second.data),
+        json!({ "authorization": [], "query": decoded_query() }),
+        "no credential reaches the backend"
+    );
+    chain.backend.gate.notify_one();
+    let third = next(&mut events, "event 3").await;
+    assert_eq!(third.id, "3");
+    assert_eq!(chain.function_url.invoked(), 1);
+    assert_eq!(chain.opened(), 1);
+}
+
+/// The same browser without the credential cookie crosses the chain (the
+/// signature is CloudFront's, not the viewer's) and gets the gateway's 401,
+/// with its JSON body and challenge; the backend is never opened.
+#[tokio::test]
+async fn an_event_source_without_the_credential_cookie_gets_401() {
+    let chain = Chain::with_cookie_auth(&[("CredentialCookie", CREDENTIAL_COOKIE)]).await;
+    let origin = chain
+        .through_the_edge(&event_source("theme=dark; other=x"))
+        .await
+        .expect("the edge passes a GET on");
+    assert_eq!(origin.get("cookie"), None, "no cookie the policy forwards");
+
+    let response = chain
+        .send(&cloudfront::oac_sign(&origin, SystemTime::now()))
+        .await;
+    assert_eq!(response.status(), 401);
+    assert!(
+        response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"),
+        "{:?}",
+        response.headers()
+    );
+    let body: Value = response.json().await.expect("the gateway's JSON error");
+    assert_eq!(body["status"], 401, "{body}");
+    assert_eq!(body["error"], "unauthorized", "{body}");
+    assert_eq!(chain.function_url.invoked(), 1, "the signature was good");
+    assert_eq!(chain.opened(), 0);
+}
+
+/// Deployed without `CredentialCookie` (the default), the policy forwards
+/// no cookie: the browser's valid credential cookie never reaches the
+/// gateway, which answers 401. The reason the parameter exists.
+#[tokio::test]
+async fn without_the_credential_cookie_parameter_the_cookie_never_crosses() {
+    let chain = Chain::with_cookie_auth(&[]).await;
+    let viewer = event_source(&format!("{CREDENTIAL_COOKIE}={COOKIE_TOKEN}"));
+    let origin = chain
+        .through_the_edge(&viewer)
+        .await
+        .expect("the edge passes a GET on");
+    assert_eq!(origin.get("cookie"), None);
+
+    let response = chain
+        .send(&cloudfront::oac_sign(&origin, SystemTime::now()))
+        .await;
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.expect("the gateway's JSON error");
+    assert_eq!(body["error"], "unauthorized", "{body}");
+    assert_eq!(chain.opened(), 0);
+}
+
+/// CloudFront and Lambda each cut a stream at a bound of their own: the
+/// origin read timeout after a silence, the response completion timeout
+/// after a whole response, the function timeout. The template's parameters
+/// and the gateway's defaults keep them in order: heartbeats well inside the
+/// shortest origin read timeout the template allows, and every stream ended,
+/// with its last id, before the earliest cut (its lifetime the smallest of
+/// function timeout and completion timeout, each less 10 s, and the route's
+/// `max_lifetime`), with the timeouts given to the gateway as the template
+/// gives them.
+#[tokio::test(start_paused = true)]
+async fn heartbeats_and_lifetimes_stay_inside_cloudfronts_and_lambdas_timeouts() {
+    use gateway::config::{RouteConfig, Source};
+    use tokio::time::Instant;
+
+    let number = cloudfront::parameter_number;
+    let read_min = number("OriginReadTimeout", "MinValue");
+    assert_eq!(
+        number("OriginReadTimeout", "MaxValue"),
+        180,
+        "CloudFront allows up to 180 s without a quota increase"
+    );
+    assert_eq!(number("ResponseCompletionTimeout", "Default"), 0, "none");
+    let (function_min, function_max) = (
+        number("FunctionTimeout", "MinValue"),
+        number("FunctionTimeout", "MaxValue"),
+    );
+    let route = RouteConfig::new("/");
+    let silence = route.heartbeat;
+    assert!(
+        silence + Duration::from_secs(5) <= Duration::from_secs(read_min),
+        "a heartbeat every {silence:?} leaves too little room in a {read_min} s origin read timeout"
+    );
+    let template = cloudfront::template_text();
+    for passed in [
+        "GATEWAY__LAMBDA__FUNCTION_TIMEOUT: !Sub \"${FunctionTimeout}s\"",
+        "GATEWAY__CLOUDFRONT__RESPONSE_COMPLETION_TIMEOUT: !If",
+        "- !Sub \"${ResponseCompletionTimeout}s\"",
+        "ResponseCompletionTimeout: !If",
+    ] {
+        assert!(
+            template.contains(passed),
+            "the template must carry {passed}"
+        );
+    }
+
+    // (function timeout, completion timeout; 0 = none) as a deploy gives them.
+    for (function, completion) in [
+        (function_max, 0),
+        (function_max, 600),
+        (300, 600),
+        (function_min, 0),
+        (function_max, read_min.max(30)),
+    ] {
+        let mut env = std::collections::HashMap::from([(
+            "GATEWAY__LAMBDA__FUNCTION_TIMEOUT".to_string(),
+            format!("{function}s"),
+        )]);
+        if completion > 0 {
+            env.insert(
+                "GATEWAY__CLOUDFRONT__RESPONSE_COMPLETION_TIMEOUT".into(),
+                format!("{completion}s"),
+            );
+        }
+        let text = "[routes.ticks]\npath = \"/\"\n[routes.ticks.backends.clock]\ntype = \"ticker\"\ninterval = \"100s\"\n";
+        let config = gateway::config::load(
+            Source::Text {
+                origin: "chain",
+                text,
+            },
+            Some(env),
+        )
+        .expect("the config with the template's variables");
+        let server = TestServer::from_config(&config).await;
+        let started = Instant::now();
+        let response = gateway_tests::client()
+            .get(server.url("/?format=sse"))
+            .send()
+            .await
+            .expect("a response");
+        assert_eq!(response.status(), 200);
+        let mut body = response.bytes_stream();
+        let (mut last, mut longest, mut text) = (started, Duration::ZERO, String::new());
+        while let Some(chunk) = body.next().await {
+            text.push_str(std::str::from_utf8(&chunk.expect("a chunk")).expect("UTF-8"));
+            longest = longest.max(last.elapsed());
+            last = Instant::now();
+        }
+        let case = format!("function timeout {function} s, completion timeout {completion} s");
+        assert!(
+            longest <= silence + Duration::from_secs(1),
+            "{case}: {longest:?} of silence"
+        );
+        let close = text
+            .rsplit("\n\n")
+            .find(|block| block.contains("gateway.close"))
+            .unwrap_or_else(|| panic!("{case}: no gateway.close in {text}"));
+        assert!(close.contains("\"reason\":\"lifetime\""), "{case}: {close}");
+        assert!(close.contains("\nid: "), "{case}: resumable: {close}");
+        let ended = started.elapsed();
+        let mut expected = Duration::from_secs(function - 10).min(route.max_lifetime);
+        if completion > 0 {
+            expected = expected.min(Duration::from_secs(completion - 10));
+            assert!(ended < Duration::from_secs(completion), "{case}: {ended:?}");
+        }
+        assert!(ended < Duration::from_secs(function), "{case}: {ended:?}");
+        assert!(
+            ended >= expected && ended < expected + Duration::from_secs(1),
+            "{case}: ended after {ended:?}, not {expected:?}"
+        );
+    }
 }

@@ -1,8 +1,9 @@
 //! CloudFront's side of the chain, offline: the viewer-request CloudFront
 //! Function and the Lambda@Edge edge hasher (the project's own JavaScript,
 //! run by Node through `driver.mjs`), the origin request policy (read from
-//! `deploy/template.yaml`), and Origin Access Control's SigV4 signing (the
-//! `aws-sigv4` crate, service `lambda`, signing always).
+//! `deploy/template.yaml`, with a deploy's parameter values), and Origin
+//! Access Control's SigV4 signing (the `aws-sigv4` crate, service `lambda`,
+//! signing always).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -153,11 +154,22 @@ async fn run_js(function: &str, event: Value) -> Value {
 }
 
 /// The viewer-request CloudFront Function. CloudFront Functions never see
-/// the body; it goes on unchanged.
+/// the body; it goes on unchanged. Nor do they see a `Cookie` header: its
+/// cookies are the event's `cookies` ("If the request contains any Cookie
+/// headers, those headers are not part of the headers object"), and
+/// CloudFront writes the request's `Cookie` header from what the function
+/// returns there.
 pub async fn viewer_request(request: &Request) -> Result<Request, Generated> {
     let mut headers = Map::new();
+    let mut cookies = Map::new();
     for (name, value) in &request.headers {
-        add_multi(&mut headers, name, value);
+        if name == "cookie" {
+            for (cookie, value) in cookie_pairs(value) {
+                add_multi(&mut cookies, cookie, value);
+            }
+        } else {
+            add_multi(&mut headers, name, value);
+        }
     }
     let mut querystring = Map::new();
     for (name, value) in split_query(&request.query) {
@@ -177,7 +189,7 @@ pub async fn viewer_request(request: &Request) -> Result<Request, Generated> {
             "uri": request.uri,
             "querystring": querystring,
             "headers": headers,
-            "cookies": {},
+            "cookies": cookies,
         },
     });
     let result = run_js("viewer", event).await;
@@ -187,16 +199,17 @@ pub async fn viewer_request(request: &Request) -> Result<Request, Generated> {
             body: result["body"].as_str().unwrap_or_default().to_string(),
         });
     }
-    let mut headers = Vec::new();
-    for (name, field) in object(&result["headers"], "viewer request headers") {
-        match field.get("multiValue").and_then(Value::as_array) {
-            Some(values) => {
-                for v in values {
-                    headers.push((name.to_ascii_lowercase(), text(&v["value"])));
-                }
-            }
-            None => headers.push((name.to_ascii_lowercase(), text(&field["value"]))),
-        }
+    let mut headers: Vec<(String, String)> =
+        multi_values(object(&result["headers"], "viewer request headers"))
+            .into_iter()
+            .map(|(name, value)| (name.to_ascii_lowercase(), value))
+            .collect();
+    let cookies = match &result["cookies"] {
+        Value::Null => Vec::new(),
+        cookies => multi_values(object(cookies, "viewer request cookies")),
+    };
+    if !cookies.is_empty() {
+        headers.push(("cookie".into(), join_cookies(&cookies)));
     }
     Ok(Request {
         method: request.method.clone(),
@@ -227,6 +240,42 @@ fn add_multi(map: &mut Map<String, Value>, name: &str, value: &str) {
                 .push(json!({"value": value}));
         }
     }
+}
+
+/// The (name, value) pairs of a CloudFront Functions object of `{value}`
+/// or `{value, multiValue: [{value}, …]}` fields, names as they are.
+fn multi_values(fields: &Map<String, Value>) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for (name, field) in fields {
+        match field.get("multiValue").and_then(Value::as_array) {
+            Some(values) => {
+                for v in values {
+                    pairs.push((name.clone(), text(&v["value"])));
+                }
+            }
+            None => pairs.push((name.clone(), text(&field["value"]))),
+        }
+    }
+    pairs
+}
+
+/// The cookies of a `Cookie` header (`a=1; b=2`) as (name, value) pairs.
+/// Cookie names are case-sensitive: they stay as sent.
+fn cookie_pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
+    header
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// A `Cookie` header of (name, value) pairs.
+fn join_cookies<N: AsRef<str>, V: AsRef<str>>(cookies: &[(N, V)]) -> String {
+    cookies
+        .iter()
+        .map(|(name, value)| format!("{}={}", name.as_ref(), value.as_ref()))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// `a=1&b=2` as (name, value) pairs, still percent-encoded.
@@ -265,7 +314,9 @@ fn join_query(querystring: &Value) -> String {
     }
 }
 
-/// What the origin request policy of `deploy/template.yaml` says.
+/// What the origin request policy of `deploy/template.yaml` says for one
+/// deploy: its `!If`s and `!Ref`s evaluated with that deploy's parameter
+/// values, as CloudFormation does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginRequestPolicy {
     /// `HeadersConfig.HeaderBehavior`.
@@ -274,27 +325,39 @@ pub struct OriginRequestPolicy {
     pub headers: Vec<String>,
     /// `QueryStringsConfig.QueryStringBehavior`.
     pub query_string_behavior: String,
-    /// `CookiesConfig.CookieBehavior`.
+    /// `CookiesConfig.CookieBehavior`: `none`, `whitelist`, `allExcept` or
+    /// `all`.
     pub cookie_behavior: String,
+    /// `CookiesConfig.Cookies`: the cookies `whitelist` forwards and
+    /// `allExcept` withholds (names are case-sensitive).
+    pub cookies: Vec<String>,
 }
 
 impl OriginRequestPolicy {
     /// The policy of the `AWS::CloudFront::OriginRequestPolicy` resource in
-    /// `deploy/template.yaml`, by plain text extraction (CloudFormation's
-    /// `!Sub`-style tags are no obstacle to it).
-    pub fn from_template() -> Self {
+    /// `deploy/template.yaml`, for a deploy that gives the template
+    /// `parameters` (name, value); the others keep their `Default`.
+    pub fn from_template(parameters: &[(&str, &str)]) -> Self {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join("deploy")
             .join("template.yaml");
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        Self::parse(&text).unwrap_or_else(|why| panic!("{}: {why}", path.display()))
+        Self::parse(&text, parameters).unwrap_or_else(|why| panic!("{}: {why}", path.display()))
     }
 
-    /// Extracts the first origin request policy of a template.
-    pub fn parse(template: &str) -> Result<Self, String> {
-        let lines: Vec<&str> = template.lines().collect();
+    /// Extracts the first origin request policy of a template, by plain text
+    /// extraction: one key a line, lists in block or flow style, and the
+    /// intrinsic functions that decide what it forwards (`!Ref`, `!If`,
+    /// `!Not`, `!Equals`, in flow style on one line) evaluated for a deploy
+    /// that gives the template `parameters`.
+    pub fn parse(template: &str, parameters: &[(&str, &str)]) -> Result<Self, String> {
+        let template = Template {
+            lines: template.lines().collect(),
+            parameters,
+        };
+        let lines = &template.lines;
         let at = lines
             .iter()
             .position(|l| uncommented(l).trim() == "Type: AWS::CloudFront::OriginRequestPolicy")
@@ -308,55 +371,46 @@ impl OriginRequestPolicy {
             .copied()
             .collect();
         let scalar = |key: &str| -> Result<String, String> {
-            block
+            let written = block
                 .iter()
-                .find_map(|l| {
-                    uncommented(l)
-                        .trim()
-                        .strip_prefix(key)
-                        .and_then(|r| r.strip_prefix(':'))
-                        .map(|v| unquote(v.trim()))
-                })
-                .ok_or_else(|| format!("the origin request policy has no {key}"))
+                .find_map(|l| value_of(l, key))
+                .ok_or_else(|| format!("the origin request policy has no {key}"))?;
+            template.evaluate(written)?.text(key)
         };
-        let header_behavior = scalar("HeaderBehavior")?;
-        let query_string_behavior = scalar("QueryStringBehavior")?;
-        let cookie_behavior = scalar("CookieBehavior")?;
-
-        let mut headers = Vec::new();
-        let list_at = block
-            .iter()
-            .position(|l| uncommented(l).trim_start().starts_with("Headers:"));
-        if let Some(list_at) = list_at {
-            let key_line = uncommented(block[list_at]);
-            let inline = key_line.trim_start()["Headers:".len()..].trim();
-            if let Some(flow) = inline.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-                headers.extend(
-                    flow.split(',')
-                        .map(|h| unquote(h.trim()))
-                        .filter(|h| !h.is_empty()),
-                );
-            } else {
-                let key_depth = indent(key_line);
-                for line in &block[list_at + 1..] {
-                    let line = uncommented(line);
-                    if line.trim().is_empty() {
-                        continue;
+        let list = |key: &str| -> Result<Vec<String>, String> {
+            let Some(at) = block.iter().position(|l| value_of(l, key).is_some()) else {
+                return Ok(Vec::new());
+            };
+            let inline = value_of(block[at], key).expect("the key's line");
+            if !inline.is_empty() {
+                return match template.evaluate(inline)? {
+                    Cfn::List(items) => items.into_iter().map(|item| item.text(key)).collect(),
+                    Cfn::NoValue => Ok(Vec::new()),
+                    other => Err(format!("{key} is {other:?}, not a list")),
+                };
+            }
+            let key_depth = indent(uncommented(block[at]));
+            let mut items = Vec::new();
+            for line in &block[at + 1..] {
+                let line = uncommented(line);
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match line.trim_start().strip_prefix("- ") {
+                    Some(item) if indent(line) >= key_depth => {
+                        items.push(template.evaluate(item.trim())?.text(key)?);
                     }
-                    match line.trim_start().strip_prefix("- ") {
-                        Some(item) if indent(line) >= key_depth => {
-                            headers.push(unquote(item.trim()))
-                        }
-                        _ => break,
-                    }
+                    _ => break,
                 }
             }
-        }
+            Ok(items)
+        };
         Ok(Self {
-            header_behavior,
-            headers,
-            query_string_behavior,
-            cookie_behavior,
+            header_behavior: scalar("HeaderBehavior")?,
+            headers: list("Headers")?,
+            query_string_behavior: scalar("QueryStringBehavior")?,
+            cookie_behavior: scalar("CookieBehavior")?,
+            cookies: list("Cookies")?,
         })
     }
 
@@ -371,10 +425,23 @@ impl OriginRequestPolicy {
         }
     }
 
+    /// Whether the policy forwards a viewer's cookie to the origin.
+    pub fn forwards_cookie(&self, name: &str) -> bool {
+        let listed = self.cookies.iter().any(|c| c == name);
+        match self.cookie_behavior.as_str() {
+            "none" => false,
+            "whitelist" => listed,
+            "allExcept" => !listed,
+            "all" => true,
+            other => panic!("{other:?} is not a CookieBehavior (none, whitelist, allExcept, all)"),
+        }
+    }
+
     /// The request CloudFront builds for the origin: only the forwarded
     /// viewer headers, the origin's own `Host` (unless the viewer's is
-    /// forwarded), the query string if the policy passes it, and the body
-    /// with its length.
+    /// forwarded), the query string if the policy passes it, the body with
+    /// its length, and a `Cookie` header that CloudFront writes with only
+    /// the viewer's cookies the policy forwards (none: no header).
     /// CloudFront's own headers (`CloudFront-…`) come from CloudFront, never
     /// from the viewer: `CloudFront-Viewer-Address` (the viewer's
     /// `ip:port`) when the policy names it.
@@ -383,8 +450,10 @@ impl OriginRequestPolicy {
             .headers
             .iter()
             .filter(|(name, _)| !name.starts_with("cloudfront-"))
-            .filter(|(name, _)| name != "host" && name != "content-length" && self.forwards(name))
-            .filter(|(name, _)| name != "cookie" || self.cookie_behavior != "none")
+            .filter(|(name, _)| {
+                !["host", "content-length", "cookie"].contains(&name.as_str())
+                    && self.forwards(name)
+            })
             .cloned()
             .collect();
         let host = match viewer.get("host") {
@@ -397,6 +466,16 @@ impl OriginRequestPolicy {
                 "cloudfront-viewer-address".into(),
                 format!("{VIEWER_IP}:{VIEWER_PORT}"),
             ));
+        }
+        let cookies: Vec<(&str, &str)> = viewer
+            .headers
+            .iter()
+            .filter(|(name, _)| name == "cookie")
+            .flat_map(|(_, value)| cookie_pairs(value))
+            .filter(|(name, _)| self.forwards_cookie(name))
+            .collect();
+        if !cookies.is_empty() {
+            headers.push(("cookie".into(), join_cookies(&cookies)));
         }
         if !viewer.body.is_empty() {
             headers.push(("content-length".into(), viewer.body.len().to_string()));
@@ -416,6 +495,236 @@ impl OriginRequestPolicy {
     }
 }
 
+/// A template's lines, and the parameter values a deploy gives it.
+struct Template<'t> {
+    lines: Vec<&'t str>,
+    parameters: &'t [(&'t str, &'t str)],
+}
+
+/// What an expression of a template evaluates to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cfn {
+    Text(String),
+    List(Vec<Cfn>),
+    Bool(bool),
+    /// `!Ref AWS::NoValue`: the property is left out.
+    NoValue,
+}
+
+impl Cfn {
+    fn text(self, what: &str) -> Result<String, String> {
+        match self {
+            Self::Text(text) => Ok(text),
+            other => Err(format!("{what} is {other:?}, not a string")),
+        }
+    }
+
+    fn bool(self, what: &str) -> Result<bool, String> {
+        match self {
+            Self::Bool(value) => Ok(value),
+            other => Err(format!("{what} is {other:?}, not a condition")),
+        }
+    }
+}
+
+/// A flow-style value as written: a scalar, a `[…]` list, or a short-form
+/// tag (`!If`) with its argument.
+#[derive(Debug)]
+enum Node {
+    Scalar(String),
+    List(Vec<Node>),
+    Tagged(String, Box<Node>),
+}
+
+impl Template<'_> {
+    /// Evaluates a value written on one line, as CloudFormation would.
+    fn evaluate(&self, written: &str) -> Result<Cfn, String> {
+        let mut rest = written.trim();
+        let node = flow_node(&mut rest, false)?;
+        if !rest.trim().is_empty() {
+            return Err(format!("{written:?}: {rest:?} is left over"));
+        }
+        self.eval(&node)
+            .map_err(|why| format!("{written:?}: {why}"))
+    }
+
+    fn eval(&self, node: &Node) -> Result<Cfn, String> {
+        Ok(match node {
+            Node::Scalar(text) => Cfn::Text(text.clone()),
+            // CloudFormation drops `!Ref AWS::NoValue` from a list.
+            Node::List(items) => Cfn::List(
+                items
+                    .iter()
+                    .map(|item| self.eval(item))
+                    .filter(|item| item != &Ok(Cfn::NoValue))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Node::Tagged(tag, argument) => match (tag.as_str(), &**argument) {
+                ("Ref", Node::Scalar(name)) if name == "AWS::NoValue" => Cfn::NoValue,
+                ("Ref", Node::Scalar(name)) => Cfn::Text(self.parameter(name)?),
+                ("If", Node::List(args)) if args.len() == 3 => {
+                    let Node::Scalar(condition) = &args[0] else {
+                        return Err(format!("!If names a condition first, not {:?}", args[0]));
+                    };
+                    self.eval(&args[if self.condition(condition)? { 1 } else { 2 }])?
+                }
+                ("Not", Node::List(args)) if args.len() == 1 => {
+                    Cfn::Bool(!self.eval(&args[0])?.bool("the argument of !Not")?)
+                }
+                ("Equals", Node::List(args)) if args.len() == 2 => {
+                    Cfn::Bool(self.eval(&args[0])? == self.eval(&args[1])?)
+                }
+                _ => {
+                    return Err(format!(
+                        "the chain test does not evaluate !{tag} {argument:?}"
+                    ));
+                }
+            },
+        })
+    }
+
+    /// A parameter's value in this deploy: the one given, else its
+    /// `Default`.
+    fn parameter(&self, name: &str) -> Result<String, String> {
+        if let Some((_, value)) = self.parameters.iter().find(|(n, _)| *n == name) {
+            return Ok((*value).to_string());
+        }
+        let (_, body) = self
+            .entry("Parameters", name)
+            .ok_or_else(|| format!("the template has no parameter {name}"))?;
+        let depth = body
+            .iter()
+            .map(|l| uncommented(l))
+            .find(|l| !l.trim().is_empty())
+            .map_or(0, indent);
+        let default = body
+            .iter()
+            .filter(|l| indent(uncommented(l)) == depth)
+            .find_map(|l| value_of(l, "Default"))
+            .ok_or_else(|| format!("parameter {name} has no Default, and the deploy gives none"))?;
+        self.evaluate(default)?.text(name)
+    }
+
+    /// Whether a condition of the `Conditions` section holds in this deploy.
+    fn condition(&self, name: &str) -> Result<bool, String> {
+        let (written, _) = self
+            .entry("Conditions", name)
+            .ok_or_else(|| format!("the template has no condition {name}"))?;
+        self.evaluate(written)?.bool(name)
+    }
+
+    /// Entry `name` of a top-level section: the value on its key's line,
+    /// and the lines under it.
+    fn entry(&self, section: &str, name: &str) -> Option<(&str, Vec<&str>)> {
+        let header = format!("{section}:");
+        let start = self
+            .lines
+            .iter()
+            .position(|l| uncommented(l).trim_end() == header)?;
+        let lines: Vec<&str> = self.lines[start + 1..]
+            .iter()
+            .take_while(|l| uncommented(l).trim().is_empty() || indent(l) > 0)
+            .copied()
+            .collect();
+        let depth = lines
+            .iter()
+            .map(|l| uncommented(l))
+            .find(|l| !l.trim().is_empty())
+            .map(indent)?;
+        let at = lines
+            .iter()
+            .position(|l| indent(l) == depth && value_of(l, name).is_some())?;
+        let body = lines[at + 1..]
+            .iter()
+            .take_while(|l| uncommented(l).trim().is_empty() || indent(l) > depth)
+            .copied()
+            .collect();
+        Some((value_of(lines[at], name)?, body))
+    }
+}
+
+/// `deploy/template.yaml`'s text.
+pub fn template_text() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/template.yaml");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// A numeric attribute (`Default`, `MinValue`, `MaxValue`) of a parameter of
+/// `deploy/template.yaml`.
+pub fn parameter_number(name: &str, attribute: &str) -> u64 {
+    let text = template_text();
+    let template = Template {
+        lines: text.lines().collect(),
+        parameters: &[],
+    };
+    let (_, body) = template
+        .entry("Parameters", name)
+        .unwrap_or_else(|| panic!("deploy/template.yaml has no parameter {name}"));
+    body.iter()
+        .find_map(|l| value_of(l, attribute))
+        .unwrap_or_else(|| panic!("parameter {name} has no {attribute}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("parameter {name}'s {attribute} is not a number: {e}"))
+}
+
+/// The value written after `key:` on a line, if the line is that key's.
+fn value_of<'l>(line: &'l str, key: &str) -> Option<&'l str> {
+    uncommented(line)
+        .trim()
+        .strip_prefix(key)?
+        .strip_prefix(':')
+        .map(str::trim)
+}
+
+/// Reads one value from the start of `rest`: inside a `[…]` list
+/// (`in_list`) a plain scalar ends at `,` or `]`, outside at the line's end.
+fn flow_node(rest: &mut &str, in_list: bool) -> Result<Node, String> {
+    *rest = rest.trim_start();
+    if let Some(after) = rest.strip_prefix('!') {
+        let end = after.find(char::is_whitespace).unwrap_or(after.len());
+        let tag = after[..end].to_string();
+        *rest = &after[end..];
+        return Ok(Node::Tagged(tag, Box::new(flow_node(rest, in_list)?)));
+    }
+    if let Some(after) = rest.strip_prefix('[') {
+        *rest = after;
+        let mut items = Vec::new();
+        loop {
+            *rest = rest.trim_start();
+            if let Some(after) = rest.strip_prefix(']') {
+                *rest = after;
+                return Ok(Node::List(items));
+            }
+            if !items.is_empty() {
+                *rest = rest
+                    .strip_prefix(',')
+                    .ok_or_else(|| format!("a list goes on with , or ends with ], not {rest:?}"))?;
+            }
+            items.push(flow_node(rest, true)?);
+        }
+    }
+    if let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') {
+        let quoted = &rest[1..];
+        let end = quoted
+            .find(quote)
+            .ok_or_else(|| format!("{rest:?} has no closing {quote}"))?;
+        let text = quoted[..end].to_string();
+        *rest = &quoted[end + 1..];
+        return Ok(Node::Scalar(text));
+    }
+    let end = if in_list {
+        rest.find([',', ']']).unwrap_or(rest.len())
+    } else {
+        rest.len()
+    };
+    let text = rest[..end].trim();
+    *rest = &rest[end..];
+    if text.is_empty() {
+        return Err("a value is missing".into());
+    }
+    Ok(Node::Scalar(text.to_string()))
+}
+
 fn uncommented(line: &str) -> &str {
     match line.find(" #") {
         Some(at) => &line[..at],
@@ -426,10 +735,6 @@ fn uncommented(line: &str) -> &str {
 
 fn indent(line: &str) -> usize {
     line.len() - line.trim_start().len()
-}
-
-fn unquote(value: &str) -> String {
-    value.trim_matches(|c| c == '"' || c == '\'').to_string()
 }
 
 /// Methods whose body CloudFront exposes to a Lambda@Edge function with

@@ -1096,6 +1096,21 @@ mod tests {
             keys(config(ServerConfig::default(), huge_margin)),
             ["lambda.deadline_margin"]
         );
+        for bytes in [4095, 200_000_001] {
+            let cap = LambdaConfig {
+                max_response_bytes: bytes,
+                ..LambdaConfig::default()
+            };
+            assert_eq!(
+                keys(config(ServerConfig::default(), cap)),
+                ["lambda.max_response_bytes"]
+            );
+        }
+        let mut behind = config(ServerConfig::default(), LambdaConfig::default());
+        behind.cloudfront.response_completion_timeout = Some(Duration::from_secs(10));
+        assert_eq!(keys(behind.clone()), ["cloudfront.completion_margin"]);
+        behind.cloudfront.response_completion_timeout = Some(Duration::from_secs(11));
+        assert!(keys(behind).is_empty());
         for bad in ["Authorization", "not a header"] {
             let server = ServerConfig {
                 authorization_source: Some(bad.into()),
