@@ -29,8 +29,23 @@ Options:
                          Web Adapter, needs docker. zip: provided.al2023
                          with the gateway's native Lambda mode, needs
                          cargo-lambda.
-  --function-timeout S   Lambda timeout in seconds, 30..900 (default 900; streams end 10 s before it).
-                         Streams end a margin before it; clients resume.
+  --function-timeout S   Lambda timeout in seconds, 30..900 (default 900).
+                         Streams end 10 s before it; clients resume.
+  --origin-read-timeout S
+                         CloudFront's origin response timeout in seconds,
+                         20..180 (default 30): the longest silence it allows
+                         within a stream. Keep routes' heartbeat (15 s by
+                         default) well under it. More than 180 needs a
+                         CloudFront quota increase ("Response timeout per
+                         origin") and a larger MaxValue in template.yaml.
+  --completion-timeout S CloudFront's response completion timeout in seconds:
+                         the longest one response may last. 0 (default):
+                         none. Otherwise 30..86400 and at least the origin
+                         read timeout; streams end 10 s before it, with
+                         their last id. A stream lives the smallest of the
+                         function timeout less 10 s, this less 10 s and its
+                         route's max_lifetime: set it above the function
+                         timeout to let a stream live the whole invocation.
   --config PATH          Gateway config file inside the image, e.g.
                          /etc/gateway/examples/fan-in.toml (config/ is
                          copied to /etc/gateway/). Image only.
@@ -38,10 +53,19 @@ Options:
                          that VPC, to reach a bus there (ElastiCache,
                          RDS, Amazon MQ) for durable routes and brokers.
   --security-groups IDS  Comma-separated security group ids (with --subnets).
+  --credential-cookie NAME
+                         The cookie routes read credentials from (auth
+                         from = ["cookie"], cookie_name, e.g. access_token):
+                         CloudFront forwards it to the gateway, and no
+                         other cookie. Default: none is forwarded.
   -h, --help             Show this help.
 
 Prerequisites: aws (AWS CLI v2) with credentials, sam (AWS SAM CLI), and
 docker (image) or cargo-lambda (zip).
+
+--origin-read-timeout, --completion-timeout and --credential-cookie are
+set on every deploy: one left out goes back to its default, not to the
+value of the previous deploy.
 USAGE
 }
 
@@ -59,9 +83,13 @@ region=""
 stack_name="streaming-gateway"
 package_type="image"
 function_timeout="900"
+origin_read_timeout="30"
+origin_read_given=no
+completion_timeout="0"
 config_path=""
 subnets=""
 security_groups=""
+credential_cookie=""
 
 need_value() {
     [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value (see --help)"
@@ -98,6 +126,17 @@ while [[ $# -gt 0 ]]; do
             function_timeout="$2"
             shift 2
             ;;
+        --origin-read-timeout)
+            need_value "$@"
+            origin_read_timeout="$2"
+            origin_read_given=yes
+            shift 2
+            ;;
+        --completion-timeout)
+            need_value "$@"
+            completion_timeout="$2"
+            shift 2
+            ;;
         --config)
             need_value "$@"
             config_path="$2"
@@ -111,6 +150,11 @@ while [[ $# -gt 0 ]]; do
         --security-groups)
             need_value "$@"
             security_groups="$2"
+            shift 2
+            ;;
+        --credential-cookie)
+            need_value "$@"
+            credential_cookie="$2"
             shift 2
             ;;
         *)
@@ -130,6 +174,30 @@ if ! [[ "$function_timeout" =~ ^[0-9]{1,3}$ ]] ||
     die "--function-timeout must be a number of seconds from 30 to 900, not '$function_timeout'"
 fi
 function_timeout=$((10#$function_timeout))
+# The template's MinValue and MaxValue; 180 s is CloudFront's most without
+# a quota increase.
+if ! [[ "$origin_read_timeout" =~ ^[0-9]{1,5}$ ]] || ((10#$origin_read_timeout < 20)); then
+    die "--origin-read-timeout must be a number of seconds from 20 to 180, not '$origin_read_timeout'"
+fi
+if ((10#$origin_read_timeout > 180)); then
+    die "--origin-read-timeout must be a number of seconds from 20 to 180, not '$origin_read_timeout': more needs a CloudFront quota increase and a larger MaxValue in deploy/template.yaml"
+fi
+origin_read_timeout=$((10#$origin_read_timeout))
+# CloudFront refuses a completion timeout below the origin read timeout,
+# which the template cannot check; and the gateway ends streams 10 s
+# (cloudfront.completion_margin) before it, so 30 s leaves a stream 20.
+if ! [[ "$completion_timeout" =~ ^[0-9]{1,5}$ ]] || ((10#$completion_timeout > 86400)); then
+    die "--completion-timeout must be 0 (none) or a number of seconds from 30 to 86400, not '$completion_timeout'"
+fi
+completion_timeout=$((10#$completion_timeout))
+if ((completion_timeout > 0 && completion_timeout < origin_read_timeout)); then
+    origin_read_source="--origin-read-timeout"
+    [[ "$origin_read_given" == yes ]] || origin_read_source="the template's default; see --origin-read-timeout"
+    die "--completion-timeout must be at least the origin read timeout, ${origin_read_timeout} s (${origin_read_source}), not ${completion_timeout}: CloudFront refuses a shorter one"
+fi
+if ((completion_timeout > 0 && completion_timeout < 30)); then
+    die "--completion-timeout must be 0 (none) or at least 30 s, not ${completion_timeout}: streams end 10 s before it"
+fi
 # CloudFormation stack names; ours also prefix account-wide CloudFront names.
 [[ "$stack_name" =~ ^[A-Za-z][A-Za-z0-9-]{0,39}$ ]] ||
     die "--stack-name must be a letter then letters, digits or '-', at most 40 characters, not '$stack_name'"
@@ -147,6 +215,12 @@ if [[ -n "$security_groups" && ! "$security_groups" =~ ^sg-[0-9a-f]{8,17}(,sg-[0
 fi
 if [[ -n "$subnets" && -z "$security_groups" ]] || [[ -z "$subnets" && -n "$security_groups" ]]; then
     die "--subnets and --security-groups go together: a function in a VPC needs both"
+fi
+# The AllowedPattern of the template's CredentialCookie: a cookie name (an
+# RFC 6265 token) without "'", which --parameter-overrides reads as quoting.
+cookie_name_pattern='^[A-Za-z0-9!#$%&*+.^_`|~-]{0,128}$'
+if [[ ! "$credential_cookie" =~ $cookie_name_pattern ]]; then
+    die "--credential-cookie takes a cookie name of at most 128 letters, digits and !#\$%&*+-.^_\`|~ (e.g. access_token), not '$credential_cookie'"
 fi
 
 # Prerequisites, all checked before anything is built or deployed.
@@ -232,13 +306,25 @@ else
     # template, built or not; the unbuilt one is never pushed, nor created.
     deploy_args+=(--image-repositories "GatewayImageFunction=${account}.dkr.ecr.${region}.amazonaws.com/unused")
 fi
+# The timeouts are always given, defaults too: sam deploy keeps a parameter
+# it is not given at its previous value.
 parameters=(
     "EdgeHasherVersionArn=$edge_arn"
     "PackageType=$template_package_type"
     "FunctionTimeout=$function_timeout"
+    "OriginReadTimeout=$origin_read_timeout"
+    "ResponseCompletionTimeout=$completion_timeout"
 )
 [[ -n "$config_path" ]] && parameters+=("ConfigPath=$config_path")
 [[ -n "$subnets" ]] && parameters+=("SubnetIds=$subnets" "SecurityGroupIds=$security_groups")
+# Always given: sam deploy keeps a parameter it is not given at its previous
+# value, and a deploy without --credential-cookie forwards no cookie. `""` is
+# how --parameter-overrides writes the empty string.
+if [[ -n "$credential_cookie" ]]; then
+    parameters+=("CredentialCookie=$credential_cookie")
+else
+    parameters+=('CredentialCookie=""')
+fi
 
 step "Building the gateway ($package_type, deploy/template.yaml)"
 sam build ${aws_args[@]+"${aws_args[@]}"} \

@@ -19,6 +19,8 @@ const ACCOUNT = '123456789012';
 const EDGE_ARN = `arn:aws:lambda:us-east-1:${ACCOUNT}:function:demo-edge-EdgeHasher-AbC123:7`;
 const DISTRIBUTION_URL = 'https://d111111abcdef8.cloudfront.net/';
 const CURL = 'curl -N https://d111111abcdef8.cloudfront.net/';
+// How --parameter-overrides writes the empty string (sam reads `""` as '').
+const EMPTY = '""';
 
 // One fake tool: logs {tool, argv} and answers like the real one would.
 const FAKE = String.raw`
@@ -115,9 +117,14 @@ test('--help prints usage and exits 0 without running any tool', () => {
     const r = deploy(['--help']);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /^Usage: deploy\/deploy\.sh/);
-    for (const option of ['--profile', '--region', '--stack-name', '--package-type', '--function-timeout', '--config']) {
+    for (const option of ['--profile', '--region', '--stack-name', '--package-type', '--function-timeout', '--config',
+        '--subnets', '--security-groups', '--credential-cookie', '--origin-read-timeout', '--completion-timeout']) {
         assert.ok(r.stdout.includes(option), option);
     }
+    // What a user must know before choosing the timeouts.
+    assert.match(r.stdout, /20\.\.180/);
+    assert.match(r.stdout, /More than 180 needs a\s+CloudFront quota increase/);
+    assert.match(r.stdout, /above the function\s+timeout to let a stream live the whole invocation/);
     assert.deepEqual(r.calls, []);
 });
 
@@ -141,6 +148,10 @@ test('bad option values fail before anything runs', () => {
         ['--security-groups', 'sg-0abc1234'],
         ['--subnets', 'subnet-0abc1234 subnet-0def5678', '--security-groups', 'sg-0abc1234'],
         ['--subnets', 'subnet-0abc1234', '--security-groups', 'sg-0abc1234;reboot'],
+        ['--credential-cookie'],
+        ['--credential-cookie', 'access token'],
+        ['--origin-read-timeout'],
+        ['--completion-timeout'],
     ]) {
         const r = deploy(args);
         assert.notEqual(r.status, 0, args.join(' '));
@@ -194,6 +205,9 @@ test('image: edge stack first in us-east-1, then the main stack with its version
         EdgeHasherVersionArn: EDGE_ARN,
         PackageType: 'Image',
         FunctionTimeout: '900',
+        OriginReadTimeout: '30',
+        ResponseCompletionTimeout: '0',
+        CredentialCookie: EMPTY,
     });
 
     assert.ok(r.stdout.includes(`Distribution URL: ${DISTRIBUTION_URL}`), r.stdout);
@@ -218,6 +232,9 @@ test('zip: cargo-lambda instead of docker, the image function excluded from the 
         EdgeHasherVersionArn: EDGE_ARN,
         PackageType: 'Zip',
         FunctionTimeout: '300',
+        OriginReadTimeout: '30',
+        ResponseCompletionTimeout: '0',
+        CredentialCookie: EMPTY,
     });
     assert.ok(r.stdout.includes(DISTRIBUTION_URL));
 });
@@ -244,6 +261,152 @@ test('--subnets and --security-groups put the function in a VPC (SubnetIds, Secu
     const plain = parameterOverrides(deploys(deploy([]).calls)[1].argv);
     assert.equal(plain.SubnetIds, undefined);
     assert.equal(plain.SecurityGroupIds, undefined);
+});
+
+test('--credential-cookie becomes CredentialCookie; without it the empty name is passed, not left out', () => {
+    const r = deploy(['--credential-cookie', 'access_token']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(parameterOverrides(deploys(r.calls)[1].argv).CredentialCookie, 'access_token');
+    assert.ok(!deploys(r.calls)[0].argv.includes('--parameter-overrides'), 'the edge stack has no such parameter');
+    // sam deploy keeps a parameter it is not given at its previous value:
+    // the empty name is given, or an earlier cookie would stay forwarded.
+    const plain = deploy([]);
+    assert.equal(plain.status, 0, plain.stderr);
+    assert.equal(parameterOverrides(deploys(plain.calls)[1].argv).CredentialCookie, EMPTY);
+});
+
+// The template's AllowedPattern for CredentialCookie, as written.
+function credentialCookiePattern() {
+    const template = readFileSync(fileURLToPath(new URL('../template.yaml', import.meta.url)), 'utf8');
+    const block = template.slice(template.indexOf('\n  CredentialCookie:\n'));
+    const line = block.split('\n').find((l) => l.trim().startsWith('AllowedPattern:'));
+    assert.ok(line, 'template.yaml: CredentialCookie has an AllowedPattern');
+    return new RegExp(line.trim().slice('AllowedPattern:'.length).trim().replace(/^'(.*)'$/, '$1'));
+}
+
+test('--credential-cookie takes what the template allows, and refuses the rest before anything runs', () => {
+    const pattern = credentialCookiePattern();
+    for (const name of [
+        'access_token', '__Host-session', 'a!#$%&*+.^_`|~-z', 'x'.repeat(128),
+        'x'.repeat(129), 'access token', 'tok=en', 'tok;x', "it's", 'tök', 'a,b', '"quoted"',
+    ]) {
+        const r = deploy(['--credential-cookie', name]);
+        if (pattern.test(name)) {
+            assert.equal(r.status, 0, `${name}: ${r.stderr}`);
+            assert.equal(parameterOverrides(deploys(r.calls)[1].argv).CredentialCookie, name);
+        } else {
+            assert.equal(r.status, 1, name);
+            assert.match(r.stderr, /^deploy\.sh: --credential-cookie takes a cookie name .*, not '/, name);
+            assert.deepEqual(r.calls, [], name);
+        }
+    }
+    // Both kinds are in the list above: the pattern is not all-or-nothing.
+    assert.ok(pattern.test('access_token') && !pattern.test('access token'));
+});
+
+test('--origin-read-timeout and --completion-timeout become OriginReadTimeout and ResponseCompletionTimeout', () => {
+    const r = deploy(['--origin-read-timeout', '60', '--completion-timeout', '1200']);
+    assert.equal(r.status, 0, r.stderr);
+    const overrides = parameterOverrides(deploys(r.calls)[1].argv);
+    assert.equal(overrides.OriginReadTimeout, '60');
+    assert.equal(overrides.ResponseCompletionTimeout, '1200');
+    assert.ok(!deploys(r.calls)[0].argv.includes('--parameter-overrides'), 'the edge stack has no such parameter');
+    // sam deploy keeps a parameter it is not given at its previous value:
+    // without the options the defaults are given, or an earlier deploy's
+    // timeouts would stay.
+    const plain = deploy([]);
+    assert.equal(plain.status, 0, plain.stderr);
+    const defaults = parameterOverrides(deploys(plain.calls)[1].argv);
+    assert.equal(defaults.OriginReadTimeout, '30');
+    assert.equal(defaults.ResponseCompletionTimeout, '0');
+});
+
+// A parameter's scalar settings in template.yaml (Default, MinValue, ...).
+function templateParameter(name) {
+    const template = readFileSync(fileURLToPath(new URL('../template.yaml', import.meta.url)), 'utf8');
+    const start = template.indexOf(`\n  ${name}:\n`);
+    assert.ok(start !== -1, `template.yaml has the parameter ${name}`);
+    const settings = {};
+    for (const line of template.slice(start).split('\n').slice(2)) {
+        if (!line.startsWith('    ')) break;
+        const m = /^    ([A-Za-z]+): (\S.*)$/.exec(line);
+        if (m) settings[m[1]] = m[2];
+    }
+    return settings;
+}
+
+test('the timeouts deploy.sh takes are those the template allows, with its defaults', () => {
+    const read = templateParameter('OriginReadTimeout');
+    const completion = templateParameter('ResponseCompletionTimeout');
+    assert.deepEqual([read.Default, read.MinValue, read.MaxValue], ['30', '20', '180']);
+    assert.deepEqual([completion.Default, completion.MinValue], ['0', '0']);
+    for (const [args, expected] of [
+        [['--origin-read-timeout', read.MinValue], [read.MinValue, '0']],
+        [['--origin-read-timeout', read.MaxValue], [read.MaxValue, '0']],
+        // 0 sets none, whatever the origin read timeout.
+        [['--origin-read-timeout', read.MaxValue, '--completion-timeout', '0'], [read.MaxValue, '0']],
+        [['--completion-timeout', '0'], ['30', '0']],
+        // Equal to the origin read timeout is enough, the template's default too.
+        [['--completion-timeout', read.Default], ['30', '30']],
+        [['--origin-read-timeout', '60', '--completion-timeout', '60'], ['60', '60']],
+        // 30 s is enough below a shorter origin read timeout.
+        [['--origin-read-timeout', '20', '--completion-timeout', '30'], ['20', '30']],
+        [['--completion-timeout', '86400'], ['30', '86400']],
+        // Written as numbers are: leading zeros go.
+        [['--origin-read-timeout', '045', '--completion-timeout', '0900'], ['45', '900']],
+    ]) {
+        const r = deploy(args);
+        assert.equal(r.status, 0, `${args.join(' ')}: ${r.stderr}`);
+        const overrides = parameterOverrides(deploys(r.calls)[1].argv);
+        assert.deepEqual([overrides.OriginReadTimeout, overrides.ResponseCompletionTimeout], expected, args.join(' '));
+    }
+});
+
+test('bad timeouts are refused with exit 1 and a clear message before anything runs', () => {
+    const readRange = /^deploy\.sh: --origin-read-timeout must be a number of seconds from 20 to 180, not '/;
+    const quota = (given) => new RegExp(
+        `^deploy\\.sh: --origin-read-timeout must be a number of seconds from 20 to 180, not '${given}': ` +
+        'more needs a CloudFront quota increase');
+    const completionRange = /^deploy\.sh: --completion-timeout must be 0 \(none\) or a number of seconds from 30 to 86400, not '/;
+    const belowRead = (read, given, source) => new RegExp(
+        `^deploy\\.sh: --completion-timeout must be at least the origin read timeout, ${read} s \\(${source}\\), ` +
+        `not ${given}: CloudFront refuses a shorter one\\n$`);
+    const belowMargin = (given) => new RegExp(
+        `^deploy\\.sh: --completion-timeout must be 0 \\(none\\) or at least 30 s, not ${given}: streams end 10 s before it\\n$`);
+    for (const [args, message] of [
+        // Not numbers.
+        [['--origin-read-timeout', 'soon'], readRange],
+        [['--origin-read-timeout', '30s'], readRange],
+        [['--origin-read-timeout', '-30'], readRange],
+        [['--origin-read-timeout', '1e2'], readRange],
+        [['--origin-read-timeout', '30.5'], readRange],
+        [['--origin-read-timeout', ' 30'], readRange],
+        [['--completion-timeout', 'never'], completionRange],
+        [['--completion-timeout', '600s'], completionRange],
+        [['--completion-timeout', '-1'], completionRange],
+        [['--completion-timeout', '90.5'], completionRange],
+        [['--completion-timeout', '0x40'], completionRange],
+        // Out of range.
+        [['--origin-read-timeout', '0'], readRange],
+        [['--origin-read-timeout', '19'], readRange],
+        [['--origin-read-timeout', '181'], quota(181)],
+        [['--origin-read-timeout', '600'], quota(600)],
+        [['--completion-timeout', '86401'], completionRange],
+        [['--completion-timeout', '1000000'], completionRange],
+        // Below the origin read timeout: the option's, or the template's default.
+        [['--origin-read-timeout', '60', '--completion-timeout', '59'], belowRead(60, 59, '--origin-read-timeout')],
+        [['--completion-timeout', '45', '--origin-read-timeout', '180'], belowRead(180, 45, '--origin-read-timeout')],
+        [['--completion-timeout', '29'], belowRead(30, 29, "the template's default; see --origin-read-timeout")],
+        [['--completion-timeout', '1'], belowRead(30, 1, "the template's default; see --origin-read-timeout")],
+        // At or above a short origin read timeout, but no time for a stream.
+        [['--origin-read-timeout', '20', '--completion-timeout', '29'], belowMargin(29)],
+        [['--origin-read-timeout', '20', '--completion-timeout', '20'], belowMargin(20)],
+    ]) {
+        const r = deploy(args);
+        assert.equal(r.status, 1, args.join(' '));
+        assert.match(r.stderr, message, args.join(' '));
+        assert.deepEqual(r.calls, [], `${args.join(' ')}: no tool ran`);
+    }
 });
 
 test('the main region defaults to the configured one, else us-east-1', () => {
