@@ -3,7 +3,10 @@
 # HOLD (60 s, four heartbeats) by one gateway process; its RSS per connection
 # and CPU at rest. Then the same total over GATEWAYS (4) processes sharing the
 # port with SO_REUSEPORT, with TOTAL (19,000 × GATEWAYS / 2) connections; then
-# the floor: the same idle streams from a bare hyper server.
+# the floor: the same idle streams from a bare hyper server; then the peer:
+# the same idle streams from nginx + nchan (EventSource subscribers of one
+# channel, a ping every 15 s), its workers' RSS per connection. Then
+# python3 tests/bench/report.py for the table and the plots.
 source "$(dirname "$0")/lib.sh"
 CONNECTIONS="${CONNECTIONS:-19000}"
 HOLD="${HOLD:-60s}"
@@ -39,3 +42,12 @@ for _ in $(seq 50); do grep -q Listening "$log" && break; sleep 0.1; done
 addr="$(grep -o 'Listening on http://[^/]*' "$log" | sed 's|Listening on http://||')"
 "$LOADGEN" "http://$addr/idle" -c "$CONNECTIONS" --rate 4000 --processes 2 --sources 8 \
   --hold 20s --ts-field "" --watch-pid "$CEILING_PID" --report "$RESULTS/idle-floor.json"
+
+stop_pid "$CEILING_PID"
+
+# The peer: nginx + nchan holding the same idle EventSource streams.
+if start_nchan; then
+  watch=(); for w in "${NCHAN_WORKERS[@]}"; do watch+=(--watch-pid "$w"); done
+  "$LOADGEN" "http://127.0.0.1:$NCHAN_PORT/sub" -c "$CONNECTIONS" --rate 4000 --processes 2 --sources 8 \
+    --hold "$HOLD" --idle-timeout 40s --ts-field "" "${watch[@]}" --report "$RESULTS/idle-nchan.json"
+fi

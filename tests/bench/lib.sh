@@ -50,3 +50,59 @@ machine() {
   echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), \
 $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), open files $(ulimit -Hn)"
 }
+
+# start_nchan: starts nginx with nchan (configs/nchan.conf) on a free
+# loopback port; sets NGINX_PID, NCHAN_PORT and NCHAN_WORKERS (the worker
+# pids, where the subscribers live). Returns 1, with a note, when nginx or
+# the module is missing.
+start_nchan() {
+  if ! command -v nginx >/dev/null 2>&1 || ! ls /usr/lib/nginx/modules/ngx_nchan_module.so >/dev/null 2>&1; then
+    echo "nchan: nginx or libnginx-mod-nchan missing (apt-get install nginx-light libnginx-mod-nchan); skipped" >&2
+    return 1
+  fi
+  local dir
+  dir="$(mktemp -d -t bench-nchan.XXXXXX)"
+  NCHAN_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  sed "s/PORT/$NCHAN_PORT/" "$BENCH_DIR/configs/nchan.conf" > "$dir/nginx.conf"
+  sed -i "1i load_module /usr/lib/nginx/modules/ngx_nchan_module.so;" "$dir/nginx.conf"
+  nginx -p "$dir" -c "$dir/nginx.conf" -g "daemon off;" &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+  for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$NCHAN_PORT/pub" && break; sleep 0.1; done
+  sleep 0.5
+  NCHAN_WORKERS=()
+  for w in $(pgrep -P "$NGINX_PID"); do NCHAN_WORKERS+=("$w"); done
+  export NGINX_PID NCHAN_PORT
+}
+
+# stop_pid PID: stops a server and waits for it.
+stop_pid() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# perf_start NAME PID…: the server's CPU time with `perf stat` (task-clock;
+# instructions too where the machine exposes hardware counters, which this
+# VM does not: tests/bench/instructions.sh counts them with callgrind)
+# until perf_stop, into results/NAME.perf.
+perf_start() {
+  local name="$1"; shift
+  PERF_PID=""
+  command -v perf >/dev/null 2>&1 || return 0
+  local pids
+  pids="$(IFS=,; echo "$*")"
+  perf stat -x, -e instructions,task-clock -p "$pids" -o "$RESULTS/$name.perf" 2>/dev/null &
+  PERF_PID=$!
+  sleep 0.2
+  if ! kill -0 "$PERF_PID" 2>/dev/null; then
+    echo "perf stat could not attach; its counts skipped" >&2
+    PERF_PID=""
+  fi
+}
+
+perf_stop() {
+  [ -n "${PERF_PID:-}" ] || return 0
+  kill -INT "$PERF_PID" 2>/dev/null || true
+  wait "$PERF_PID" 2>/dev/null || true
+  PERF_PID=""
+}

@@ -242,7 +242,7 @@ pub async fn take_events(
     while got.len() < count {
         let line = within_for(bound, "the next event", lines.next())
             .await
-            .expect("the stream goes on");
+            .unwrap_or_else(|| panic!("the stream ended after {got:?}"));
         let value: Value = serde_json::from_str(&line).expect("JSON line");
         if value["event"] == "gateway.heartbeat" {
             continue;
