@@ -218,8 +218,8 @@ impl Session {
                 Poll::Ready(Some((index, Ok(mut event)))) => {
                     event.source = Arc::clone(&self.route.sources[index]);
                     // An empty id would reset a browser's last id: it is none.
-                    let id = event.id.clone().filter(|id| !id.is_empty());
-                    if !self.write(buf, index, id.as_ref(), &event) {
+                    let id = event.id.as_ref().filter(|id| !id.is_empty());
+                    if !self.write(buf, index, id, &event) {
                         return;
                     }
                     self.events_sent += 1;
