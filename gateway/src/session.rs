@@ -42,9 +42,6 @@ use crate::route::Route;
 /// Largest chunk assembled from events that are ready at once.
 pub const BATCH_BYTES: usize = 64 * 1024;
 
-/// The least room taken for a chunk of events.
-const MIN_CHUNK: usize = 256;
-
 /// Room a byte budget keeps for the final event, besides its id (written at
 /// most four times over, escaped: see [`Session::fits`]).
 const CLOSE_RESERVE: u64 = 512;
@@ -80,9 +77,6 @@ pub struct Session {
     bytes_sent: u64,
     /// The most bytes the body may carry, the final event included.
     max_bytes: u64,
-    /// Room to take for the next chunk: about the last one's size, so that
-    /// writing it does not grow the buffer step by step.
-    chunk_hint: usize,
     _permit: OwnedSemaphorePermit,
     /// Its client's place among `max_streams_per_client`.
     _client: Slot,
@@ -143,7 +137,6 @@ impl Session {
             events_sent: 0,
             bytes_sent: 0,
             max_bytes: u64::MAX,
-            chunk_hint: MIN_CHUNK,
             _permit: permit,
             _client: Slot::unlimited(),
             metrics,
@@ -269,9 +262,6 @@ impl Session {
         id: Option<&Arc<str>>,
         event: &backends::Event,
     ) -> bool {
-        if buf.capacity() - buf.len() < MIN_CHUNK {
-            buf.reserve(self.chunk_hint);
-        }
         let budgeted = self.max_bytes != u64::MAX;
         let (before, cursor) = (buf.len(), budgeted.then(|| self.cursor.clone()));
         let id = id.map(|id| self.cursor.advance(index, id));
@@ -291,10 +281,6 @@ impl Session {
     }
 
     fn emit(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, Infallible>>> {
-        self.chunk_hint = chunk
-            .len()
-            .clamp(MIN_CHUNK, BATCH_BYTES)
-            .next_power_of_two();
         self.bytes_sent += chunk.len() as u64;
         self.metrics.bytes(chunk.len());
         self.last_write = Instant::now();
