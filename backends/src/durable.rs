@@ -72,8 +72,8 @@ use tokio::sync::{Notify, watch};
 use crate::problem::Problem;
 use crate::publish::Publication;
 use crate::{
-    Backend, BackendConfig, BackendError, BackendStats, Data, ErrorKind, Event, EventStream,
-    RequestContext,
+    Backend, BackendConfig, BackendError, BackendStats, Data, Encodings, ErrorKind, Event,
+    EventStream, RequestContext,
 };
 
 /// The path parameter (and `{job}` placeholder of the bus key) naming a job.
@@ -784,6 +784,8 @@ impl Reader {
                     Some(END) => {
                         self.done = true;
                         event.id = Some(Arc::from(format!("{}:{END_ID}", self.job)));
+                        // Its bytes as the bus had it would carry its old id.
+                        event.encodings = Encodings::default();
                         return Some((Ok(event), self));
                     }
                     Some(ERROR) => {
@@ -802,6 +804,7 @@ impl Reader {
                     }
                     _ => {
                         event.id = self.id(event.id.as_deref());
+                        event.encodings = Encodings::default();
                         return Some((Ok(event), self));
                     }
                 },

@@ -1,8 +1,9 @@
 //! The event every backend yields.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use serde_json::Value;
 
 /// One event of a stream.
@@ -21,6 +22,15 @@ pub struct Event {
     /// Name of the backend the event came from, as configured. The gateway
     /// stamps it when it merges backends; backends may leave it empty.
     pub source: Arc<str>,
+    /// The bytes encoders made of this event, shared by every clone of it:
+    /// a key's clients all get clones of one event, so each wire form is
+    /// written once, not once per client. Empty (and never filled) unless
+    /// the event is [`shared`](Self::shared). Code that changes the id, the
+    /// name or the data of an event that may be shared resets this to
+    /// `Encodings::default()` (as [`with_id`](Self::with_id) and
+    /// [`with_name`](Self::with_name) do), or its clients would get the
+    /// bytes of the event as it was.
+    pub encodings: Encodings,
 }
 
 impl Event {
@@ -31,18 +41,28 @@ impl Event {
             name: None,
             data,
             source: Arc::from(""),
+            encodings: Encodings::default(),
         }
+    }
+
+    /// The event, made ready to be cloned to many clients: its clones share
+    /// the bytes an encoder makes of it (see [`Encodings`]).
+    pub fn shared(mut self) -> Self {
+        self.encodings = Encodings(Some(Arc::default()));
+        self
     }
 
     /// Sets the id.
     pub fn with_id(mut self, id: impl Into<Arc<str>>) -> Self {
         self.id = Some(id.into());
+        self.encodings = Encodings::default();
         self
     }
 
     /// Sets the event name.
     pub fn with_name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = Some(name.into());
+        self.encodings = Encodings::default();
         self
     }
 
@@ -50,6 +70,55 @@ impl Event {
     pub fn with_source(mut self, source: Arc<str>) -> Self {
         self.source = source;
         self
+    }
+}
+
+/// Room for the wire forms of one event, kept once for all of its clones.
+///
+/// An encoder that writes the same bytes for every client of an event (its
+/// form depends on the event alone, not on the client) asks for them here,
+/// by a slot of its own choosing, and the first client's encoding serves
+/// the rest. It never changes what an event is: two events that differ only
+/// here are equal.
+#[derive(Clone, Default)]
+pub struct Encodings(Option<Arc<[OnceLock<Bytes>; Encodings::SLOTS]>>);
+
+impl Encodings {
+    /// How many wire forms an event keeps.
+    pub const SLOTS: usize = 4;
+
+    /// The bytes in `slot`, made by `encode` if no clone made them yet;
+    /// `None` for an event that is not shared (or a slot out of range):
+    /// the caller encodes it itself.
+    pub fn get_or_encode(&self, slot: usize, encode: impl FnOnce() -> Bytes) -> Option<Bytes> {
+        let slot = self.0.as_ref()?.get(slot)?;
+        Some(slot.get_or_init(encode).clone())
+    }
+
+    /// Whether clones of the event share their encodings.
+    pub fn is_shared(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl PartialEq for Encodings {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Encodings {}
+
+impl fmt::Debug for Encodings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let filled = self
+            .0
+            .as_ref()
+            .map(|slots| slots.iter().filter(|s| s.get().is_some()).count());
+        match filled {
+            Some(filled) => write!(f, "Encodings(shared, {filled} made)"),
+            None => f.write_str("Encodings(none)"),
+        }
     }
 }
 

@@ -83,7 +83,8 @@ use crate::json::{Key, Scalar, Shape};
 use crate::problem::Problem;
 use crate::template::BodyTemplate;
 use crate::{
-    Backend, BackendError, BackendStats, Data, ErrorKind, Event, EventStream, RequestContext,
+    Backend, BackendError, BackendStats, Data, Encodings, ErrorKind, Event, EventStream,
+    RequestContext,
 };
 
 /// Configuration of the `http` backend.
@@ -1013,6 +1014,7 @@ fn picked(event: &Event, pointer: &str) -> Option<Event> {
     let data = Data::json(value.pointer(pointer)?);
     Some(Event {
         data,
+        encodings: Encodings::default(),
         ..event.clone()
     })
 }

@@ -73,5 +73,5 @@ pub use body::JsonBody;
 pub use config::BackendConfig;
 pub use context::RequestContext;
 pub use error::{BackendError, ErrorKind, Shown};
-pub use event::{Data, Event};
+pub use event::{Data, Encodings, Event};
 pub use stats::BackendStats;

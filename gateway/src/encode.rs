@@ -161,6 +161,43 @@ impl Encoder {
         }
     }
 
+    /// The bytes of `event` with `id`, made once for all the clients of a
+    /// shared event (see [`backends::Encodings`]): `None` when this stream
+    /// writes it in a form of its own (an envelope names the route's
+    /// source; an id other than the event's own is the client's cursor) or
+    /// the event is not shared. Then [`event`](Self::event) writes it.
+    pub fn shared(&self, event: &Event, id: Option<&Arc<str>>) -> Option<Bytes> {
+        if self.envelope || !event.encodings.is_shared() {
+            return None;
+        }
+        let own_id = match (id, &event.id) {
+            (None, None) => true,
+            (Some(id), Some(own)) => Arc::ptr_eq(id, own),
+            _ => false,
+        };
+        // NDJSON without an envelope writes the data alone.
+        if !own_id && self.format == Format::Sse {
+            return None;
+        }
+        let slot = match self.format {
+            Format::Sse => 0,
+            Format::Ndjson => 1,
+        };
+        event.encodings.get_or_encode(slot, || {
+            let mut buf = BytesMut::with_capacity(self.estimate(event, id));
+            self.event(&mut buf, event, id.map(|id| &**id));
+            buf.freeze()
+        })
+    }
+
+    /// About the size of `event` written with `id` (exact for one SSE data
+    /// line), so that its buffer is allocated once.
+    fn estimate(&self, event: &Event, id: Option<&Arc<str>>) -> usize {
+        let fields =
+            id.map_or(0, |id| id.len() + 5) + event.name.as_ref().map_or(0, |n| n.len() + 8);
+        fields + event.data.as_str().len() + 8
+    }
+
     /// Writes the closing event, carrying the id to resume from and, in SSE,
     /// the reconnection delay in the same block.
     pub fn close(&self, buf: &mut BytesMut, reason: CloseReason, last_id: Option<&str>) {
@@ -259,6 +296,45 @@ mod tests {
         );
         let plain = error_event(&source, &BackendError::bad_request("no"), None);
         assert!(plain.data.to_value().get("resume_id").is_none());
+    }
+
+    #[test]
+    fn a_shared_event_is_encoded_once_for_all_its_clients_in_each_format() {
+        let event = sample().shared();
+        let id = event.id.clone();
+        for format in [Format::Sse, Format::Ndjson] {
+            let encoder = Encoder::new(format, false, Duration::from_secs(3), "{}");
+            // Two clients, each with its clone of the event.
+            let (one, two) = (event.clone(), event.clone());
+            let first = encoder.shared(&one, one.id.as_ref()).unwrap();
+            let second = encoder.shared(&two, two.id.as_ref()).unwrap();
+            assert_eq!(first.as_ptr(), second.as_ptr(), "{format}: one allocation");
+            let written = encode(format, false, &event, id.as_deref());
+            assert_eq!(std::str::from_utf8(&second).unwrap(), written, "{format}");
+        }
+    }
+
+    #[test]
+    fn what_differs_per_client_or_per_route_is_never_shared() {
+        let event = sample().shared();
+        let sse = Encoder::new(Format::Sse, false, Duration::from_secs(3), "{}");
+        // A cursor's id (a merged route, an escaped id) is the client's own,
+        // even when it reads the same.
+        let cursor = Arc::from("3");
+        assert_eq!(sse.shared(&event, Some(&cursor)), None);
+        assert_eq!(sse.shared(&event, None), None);
+        // An envelope names the route's source.
+        for format in [Format::Sse, Format::Ndjson] {
+            let enveloped = Encoder::new(format, true, Duration::from_secs(3), "{}");
+            assert_eq!(enveloped.shared(&event, event.id.as_ref()), None);
+        }
+        // An event nobody shared is written by each stream itself.
+        let alone = sample();
+        assert_eq!(sse.shared(&alone, alone.id.as_ref()), None);
+        // Changing the id of a shared event leaves its old bytes behind.
+        let _ = sse.shared(&event, event.id.as_ref()).unwrap();
+        let renamed = event.clone().with_id("job:3");
+        assert_eq!(sse.shared(&renamed, renamed.id.as_ref()), None);
     }
 
     #[test]

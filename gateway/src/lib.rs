@@ -57,6 +57,7 @@ pub mod negotiate;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod shutdown;
 pub mod sse;
 pub mod viewer;
 

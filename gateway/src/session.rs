@@ -21,7 +21,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -55,6 +55,73 @@ enum End {
     Closed(CloseReason),
 }
 
+/// What one poll of a session sends. An event shared by a key's clients
+/// (already encoded, see [`Encoder::shared`]) is sent as those very bytes
+/// when it is all that is ready; anything more is copied into a buffer of
+/// the stream's own.
+#[derive(Debug, Default)]
+enum Chunk {
+    #[default]
+    Empty,
+    Shared(Bytes),
+    Owned(BytesMut),
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        match self {
+            Self::Empty => 0,
+            Self::Shared(bytes) => bytes.len(),
+            Self::Owned(buf) => buf.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The stream's own buffer, holding what the chunk held.
+    fn buf(&mut self) -> &mut BytesMut {
+        if !matches!(self, Self::Owned(_)) {
+            let buf = match std::mem::take(self) {
+                Self::Shared(bytes) => BytesMut::from(&bytes[..]),
+                _ => BytesMut::new(),
+            };
+            *self = Self::Owned(buf);
+        }
+        match self {
+            Self::Owned(buf) => buf,
+            _ => unreachable!("made owned above"),
+        }
+    }
+
+    /// Adds bytes that other streams share.
+    fn push(&mut self, bytes: Bytes) {
+        match self {
+            Self::Empty => *self = Self::Shared(bytes),
+            _ => self.buf().extend_from_slice(&bytes),
+        }
+    }
+
+    /// Takes back what was added after its first `len` bytes.
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Self::Empty => {}
+            Self::Shared(_) if len == 0 => *self = Self::Empty,
+            Self::Shared(bytes) => bytes.truncate(len),
+            Self::Owned(buf) => buf.truncate(len),
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Self::Empty => Bytes::new(),
+            Self::Shared(bytes) => bytes,
+            Self::Owned(buf) => buf.freeze(),
+        }
+    }
+}
+
 /// The response body of one stream.
 pub struct Session {
     events: Merged,
@@ -63,7 +130,11 @@ pub struct Session {
     encoder: Encoder,
     cursor: Cursor,
     timer: Pin<Box<Sleep>>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The waker the timer holds since its last poll, if it is waiting:
+    /// while the same task polls before the deadline, the timer need not
+    /// be polled (a registration per delivery) to wake it.
+    timer_waker: Option<Waker>,
+    shutdown: crate::shutdown::Owned,
     opened: Instant,
     lifetime_ends: Instant,
     /// When the client's credential expires, if it does.
@@ -125,7 +196,8 @@ impl Session {
             encoder,
             cursor,
             timer: Box::pin(tokio::time::sleep_until(first_due)),
-            shutdown: Box::pin(shutdown),
+            timer_waker: None,
+            shutdown: crate::shutdown::Owned::owned(shutdown),
             opened: now,
             lifetime_ends,
             credential_ends: None,
@@ -202,10 +274,9 @@ impl Session {
             .min(self.last_write + self.route.heartbeat)
     }
 
-    /// Moves every event that is ready into `buf`.
-    fn drain(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) {
-        // Events ready together arrive together: one clock read for all.
-        let now = Instant::now();
+    /// Moves every event that is ready into `buf`; `now` is the poll's time
+    /// (events ready together arrive together: one clock read for all).
+    fn drain(&mut self, cx: &mut Context<'_>, buf: &mut Chunk, now: Instant) {
         while buf.len() < BATCH_BYTES {
             match Pin::new(&mut self.events).poll_next(cx) {
                 Poll::Ready(Some((index, Ok(mut event)))) => {
@@ -257,7 +328,7 @@ impl Session {
     /// stream closes instead, and `false` says so.
     fn write(
         &mut self,
-        buf: &mut BytesMut,
+        buf: &mut Chunk,
         index: usize,
         id: Option<&Arc<str>>,
         event: &backends::Event,
@@ -265,7 +336,10 @@ impl Session {
         let budgeted = self.max_bytes != u64::MAX;
         let (before, cursor) = (buf.len(), budgeted.then(|| self.cursor.clone()));
         let id = id.map(|id| self.cursor.advance(index, id));
-        self.encoder.event(buf, event, id.as_deref());
+        match self.encoder.shared(event, id.as_ref()) {
+            Some(bytes) => buf.push(bytes),
+            None => self.encoder.event(buf.buf(), event, id.as_deref()),
+        }
         if let Some(cursor) = cursor.filter(|_| !self.fits(buf.len())) {
             buf.truncate(before);
             self.cursor = cursor;
@@ -275,15 +349,16 @@ impl Session {
         true
     }
 
-    fn close(&mut self, buf: &mut BytesMut, reason: CloseReason) {
-        self.encoder.close(buf, reason, self.cursor.current());
+    fn close(&mut self, buf: &mut Chunk, reason: CloseReason) {
+        self.encoder.close(buf.buf(), reason, self.cursor.current());
         self.end = Some(End::Closed(reason));
     }
 
-    fn emit(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, Infallible>>> {
+    /// Sends `chunk`, written at `now`.
+    fn emit(&mut self, chunk: Bytes, now: Instant) -> Poll<Option<Result<Bytes, Infallible>>> {
         self.bytes_sent += chunk.len() as u64;
         self.metrics.bytes(chunk.len());
-        self.last_write = Instant::now();
+        self.last_write = now;
         Poll::Ready(Some(Ok(chunk)))
     }
 }
@@ -292,28 +367,39 @@ impl Stream for Session {
     type Item = Result<Bytes, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let span = this.span.clone();
-        let _in_request = span.enter();
+        // The request's span is lent to the poll (not cloned: a clone and
+        // its drop are a registry's reference count, at every delivery).
+        let span = std::mem::replace(&mut self.span, tracing::Span::none());
+        let polled = span.in_scope(|| self.poll_in_span(cx));
+        self.span = span;
+        polled
+    }
+}
+
+impl Session {
+    fn poll_in_span(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Infallible>>> {
+        let this = self;
         if this.end.is_some() {
             return Poll::Ready(None);
         }
-        let mut buf = BytesMut::new();
+        // One clock read serves the poll.
+        let now = Instant::now();
+        let mut buf = Chunk::Empty;
         if !this.started {
             this.started = true;
-            this.encoder.preamble(&mut buf);
+            this.encoder.preamble(buf.buf());
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
+        if Pin::new(&mut this.shutdown).poll(cx).is_ready() {
             this.close(&mut buf, CloseReason::Shutdown);
-            return this.emit(buf.freeze());
+            return this.emit(buf.freeze(), now);
         }
         if !this.backends_done {
-            this.drain(cx, &mut buf);
+            this.drain(cx, &mut buf, now);
             // A backend that always has an event ready would otherwise keep
             // the timer below from ever being looked at.
-            if this.end.is_none() && this.credential_expired(Instant::now()) {
+            if this.end.is_none() && this.credential_expired(now) {
                 this.close(&mut buf, CloseReason::CredentialExpired);
-            } else if this.end.is_none() && Instant::now() >= this.lifetime_ends {
+            } else if this.end.is_none() && now >= this.lifetime_ends {
                 this.close(&mut buf, CloseReason::Lifetime);
             }
         }
@@ -326,7 +412,7 @@ impl Stream for Session {
             }
         }
         if !buf.is_empty() {
-            return this.emit(buf.freeze());
+            return this.emit(buf.freeze(), now);
         }
         if this.end.is_some() {
             return Poll::Ready(None);
@@ -335,33 +421,46 @@ impl Stream for Session {
             let due = this.next_deadline();
             if due < this.timer.deadline() {
                 this.timer.as_mut().reset(due);
+                this.timer_waker = None;
             }
-            if this.timer.as_mut().poll(cx).is_pending() {
+            let waiting = this
+                .timer_waker
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()));
+            if waiting && now < this.timer.deadline() {
                 return Poll::Pending;
             }
+            if this.timer.as_mut().poll(cx).is_pending() {
+                if !waiting {
+                    this.timer_waker = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            this.timer_waker = None;
             let now = Instant::now();
             if this.credential_expired(now) {
                 this.close(&mut buf, CloseReason::CredentialExpired);
-                return this.emit(buf.freeze());
+                return this.emit(buf.freeze(), now);
             }
             if now >= this.lifetime_ends {
                 this.close(&mut buf, CloseReason::Lifetime);
-                return this.emit(buf.freeze());
+                return this.emit(buf.freeze(), now);
             }
             if now >= this.last_event + this.route.max_idle {
                 this.close(&mut buf, CloseReason::Idle);
-                return this.emit(buf.freeze());
+                return this.emit(buf.freeze(), now);
             }
             if now >= this.last_write + this.route.heartbeat {
                 let heartbeat = this.encoder.heartbeat();
                 if !this.fits(heartbeat.len()) {
                     this.close(&mut buf, CloseReason::ResponseCap);
-                    return this.emit(buf.freeze());
+                    return this.emit(buf.freeze(), now);
                 }
-                return this.emit(heartbeat);
+                return this.emit(heartbeat, now);
             }
             // Fired early: activity moved the deadline later.
             this.timer.as_mut().reset(due);
+            this.timer_waker = None;
         }
     }
 }
@@ -500,13 +599,18 @@ pub(crate) mod tests {
             (Format::Ndjson, false),
             (Format::Ndjson, true),
         ] {
-            for budget in [4096_u64, 10_000, 65_537] {
+            for (budget, shared) in [4096_u64, 10_000, 65_537]
+                .into_iter()
+                .flat_map(|budget| [(budget, false), (budget, true)])
+            {
                 let config = crate::config::RouteConfig::new("/s");
-                let (body, _) = run(config, awkward_events(3000), format, |s| {
+                let events = awkward_events(3000);
+                let events = if shared { share(events) } else { events };
+                let (body, _) = run(config, events, format, |s| {
                     s.enveloped(envelope).max_bytes(Some(budget))
                 })
                 .await;
-                let case = format!("{format} envelope={envelope} budget={budget}");
+                let case = format!("{format} envelope={envelope} budget={budget} shared={shared}");
                 assert!(body.len() as u64 <= budget, "{case}: {} bytes", body.len());
                 assert!(
                     body.len() as u64 > budget - 1024,
@@ -526,6 +630,49 @@ pub(crate) mod tests {
                         "{case}: {id}"
                     );
                 }
+            }
+        }
+    }
+
+    /// The steps' events as a bus gives them to its clients: shared, their
+    /// bytes made once.
+    fn share(steps: Vec<Step>) -> Vec<Step> {
+        steps
+            .into_iter()
+            .map(|step| match step {
+                Step::Event(event) => Step::Event(event.shared()),
+                step => step,
+            })
+            .collect()
+    }
+
+    /// A stream of shared events reads exactly as one of events of its own,
+    /// whether they come one per chunk (sent as the shared bytes) or several
+    /// together (copied into one chunk), with ids that are escaped or absent.
+    #[tokio::test(start_paused = true)]
+    async fn shared_events_read_as_events_of_their_own() {
+        let second = Duration::from_secs(1);
+        let steps = vec![
+            Step::Event(event("1", "a", json!({"n": 1}))),
+            Step::Event(event("needs escape 2", "a", json!({"n": 2}))),
+            Step::Sleep(second),
+            Step::Event(event("3", "b", json!({"n": 3}))),
+            Step::Sleep(second),
+            Step::Event(backends::Event::new(backends::Data::text("line\nbreak"))),
+            Step::Sleep(second),
+            Step::Event(event("needs escape 5", "a", json!({"n": 5}))),
+            Step::Sleep(second),
+            Step::Event(event("6", "a", json!({"n": 6}))),
+            Step::Event(event("7", "a", json!({"n": 7}))),
+        ];
+        for format in [Format::Sse, Format::Ndjson] {
+            for envelope in [false, true] {
+                let config = crate::config::RouteConfig::new("/s");
+                let made = |s: Session| s.enveloped(envelope);
+                let (own, _) = run(config.clone(), steps.clone(), format, made).await;
+                let (shared, _) = run(config, share(steps.clone()), format, made).await;
+                assert_eq!(shared, own, "{format} envelope={envelope}");
+                assert!(own.contains("\"n\":7"), "{own}");
             }
         }
     }

@@ -8,7 +8,7 @@ use tokio::sync::broadcast;
 
 use super::registry::{Registered, Registry};
 use super::{Bounds, Broker, Entry, Limits, Position};
-use crate::{BackendError, ErrorKind};
+use crate::{BackendError, ErrorKind, Event};
 
 /// What a key's readers broadcast to its clients.
 #[derive(Debug)]
@@ -157,6 +157,11 @@ impl<P: Position> Feed<P> {
             return;
         }
         self.moved(entry.position);
+        // Every client gets a clone of the event: they share its bytes.
+        let entry = Entry {
+            event: entry.event.map(Event::shared),
+            ..entry
+        };
         // No receiver is no error: clients come and go.
         let _ = self.sender.send(Arc::new(Item::Entry(entry)));
     }

@@ -154,32 +154,32 @@ impl<B: Broker> Subscriber<B> {
     }
 
     /// The client's next event, or `None` when its stream ends.
-    pub(super) async fn next(mut self) -> Option<(Result<Event, BackendError>, Self)> {
+    pub(super) async fn next(&mut self) -> Option<Result<Event, BackendError>> {
         loop {
             if self.ended {
                 return None;
             }
             if let Some(notice) = self.notice.take() {
-                return Some((Err(notice), self));
+                return Some(Err(notice));
             }
             // Pages follow `last` by construction; history precedes the
             // key's end, which `last` already is.
             if let Some(entry) = self.backlog.pop_front() {
                 self.last = self.last.max(entry.position);
-                return Some((event(entry), self));
+                return Some(event(entry));
             }
             if self.catch_up.is_some() {
                 // Boxed: the page's future is large, and only a client
                 // catching up needs room for it.
                 if let Err(error) = Box::pin(self.fetch_page()).await {
                     self.end();
-                    return Some((Err(error), self));
+                    return Some(Err(error));
                 }
                 continue;
             }
             if let Some(error) = self.ending.take() {
                 self.end();
-                return Some((Err(error), self));
+                return Some(Err(error));
             }
             match self.live.recv().await {
                 Ok(item) => match &*item {
@@ -188,7 +188,7 @@ impl<B: Broker> Subscriber<B> {
                             continue;
                         }
                         self.last = entry.position;
-                        return Some((event(entry.clone()), self));
+                        return Some(event(entry.clone()));
                     }
                     Item::Reset => {
                         let origin = B::Position::default();

@@ -358,7 +358,8 @@ async fn until_done<C: Graceful>(
     state: &ConnState,
     shared: &Shared,
 ) -> Result<C::Output, Expired> {
-    let mut shutdown = pin!(shared.shutdown.cancelled());
+    let cancelled = pin!(shared.shutdown.cancelled());
+    let mut shutdown = crate::shutdown::Shutdown::new(cancelled);
     let mut finishing = false;
     let mut timer = pin!(tokio::time::sleep_until(Instant::now()));
     let mut armed = None;
@@ -367,7 +368,7 @@ async fn until_done<C: Graceful>(
             if let Poll::Ready(done) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Ok(done));
             }
-            if !finishing && shutdown.as_mut().poll(cx).is_ready() {
+            if !finishing && Pin::new(&mut shutdown).poll(cx).is_ready() {
                 finishing = true;
                 conn.as_mut().finish();
                 // Finishing may end an idle connection at once.
