@@ -12,7 +12,7 @@
 # lines go to fuzz/logs/TARGET.log (for FUZZING.md).
 set -euo pipefail
 cd "$(dirname "$0")"
-all=(sse ndjson accept cursor upstream config credentials http_head)
+all=(sse ndjson accept cursor upstream config credentials http_head stream_head)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 seconds=${FUZZ_SECONDS:-5}
@@ -20,7 +20,7 @@ runs=${FUZZ_RUNS:-}
 
 max_len() {
   case $1 in
-    http_head) echo 16384 ;;
+    http_head|stream_head) echo 16384 ;;
     upstream) echo 8192 ;;
     *) echo 4096 ;;
   esac

@@ -430,15 +430,7 @@ async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
         .unwrap();
     read_until(&mut tcp, "\r\n\r\n").await;
     // Reads nothing more; the gateway fills the sockets, then waits.
-    let started = tokio::time::Instant::now();
-    while server.gateway.open_streams() > 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the stream is still open"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let held = started.elapsed();
+    let held = streams_closed_within(&server, Duration::from_secs(60)).await;
     assert!(
         held >= Duration::from_secs(5) && held < Duration::from_secs(7),
         "{held:?}"
@@ -478,4 +470,99 @@ async fn refusals_never_hand_a_request_value_back_in_bulk() {
 
 fn url_escape(text: &str) -> String {
     text.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+fn counted(count: u64) -> Arc<dyn Backend> {
+    let config: backends::ticker::TickerConfig =
+        serde_json::from_value(serde_json::json!({"interval": "0s", "count": count}))
+            .expect("ticker config");
+    Arc::new(backends::ticker::Ticker::new(config))
+}
+
+/// A connection's first `GET` is answered without hyper; what the client
+/// sent behind it, and what it sends after, is answered on the same
+/// connection, in order, as on any kept-alive connection.
+#[tokio::test]
+async fn a_stream_answered_first_hands_its_connection_on_for_the_requests_behind_it() {
+    let server = TestServer::route(
+        "/s",
+        vec![("three", counted(3))],
+        |_| {},
+        ServerConfig::default(),
+    )
+    .await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /s HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\nGET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let seen = read_until(&mut tcp, "\"open_streams\"").await;
+    let seen = if seen.ends_with('}') {
+        seen
+    } else {
+        seen + &read_until(&mut tcp, "}").await
+    };
+    let (stream, health) = seen
+        .split_once("0\r\n\r\nHTTP/1.1 ")
+        .unwrap_or_else(|| panic!("the stream's end, then the next response: {seen:?}"));
+    let head = stream
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("\r\ntransfer-encoding: chunked"), "{head}");
+    assert!(head.contains("\r\ndate: "), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    assert_eq!(stream.matches("event: tick").count(), 3, "{stream}");
+    assert!(health.starts_with("200 OK\r\n"), "{health}");
+    // Kept alive: the next request is answered too.
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_until(&mut tcp, "}")
+            .await
+            .starts_with("HTTP/1.1 200 OK\r\n")
+    );
+
+    // Asked to close: said, and done once the stream has ended.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(
+        b"GET /s HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let seen = read_to_close(&mut tcp, Duration::from_secs(30)).await;
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.contains("\r\nconnection: close\r\n"), "{seen}");
+    assert!(seen.ends_with("\r\n0\r\n\r\n"), "{seen}");
+    assert_eq!(seen.matches("event: tick").count(), 3, "{seen}");
+}
+
+/// Nothing is written to an idle stream between heartbeats, yet a client
+/// that leaves is noticed at once: its stream ends and frees its place.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_leaves_an_idle_stream_is_noticed_before_any_heartbeat() {
+    let server = server(ServerConfig::default()).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /s HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut tcp, "event: tick").await;
+    assert_eq!(server.gateway.open_streams(), 1);
+    drop(tcp);
+    streams_closed_within(&server, Duration::from_secs(5)).await;
+}
+
+/// Waits until `server` holds no stream, at most `bound`; how long it took.
+async fn streams_closed_within(server: &TestServer, bound: Duration) -> Duration {
+    let started = tokio::time::Instant::now();
+    while server.gateway.open_streams() > 0 {
+        assert!(
+            started.elapsed() < bound,
+            "a stream is still open after {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
 }

@@ -62,6 +62,8 @@ pub mod sse;
 pub mod viewer;
 
 pub use error::ApiError;
+#[doc(hidden)]
+pub use listen::stream::{Head, MAX_HEADERS, classify};
 pub use listen::{REFUSING, serve_http1_io};
 pub use negotiate::Format;
 pub use route::Route;

@@ -3,7 +3,8 @@
 # HOLD (60 s, four heartbeats) by one gateway process; its RSS per connection
 # and CPU at rest. Then the same total over GATEWAYS (4) processes sharing the
 # port with SO_REUSEPORT, with TOTAL (19,000 × GATEWAYS / 2) connections; then
-# the floor: the same idle streams from a bare hyper server; then the peer:
+# the floor: the same idle streams from a bare hyper server, and with no HTTP
+# library at all (`ceiling ... raw`); then the peer:
 # the same idle streams from nginx + nchan (EventSource subscribers of one
 # channel, a ping every 15 s), its workers' RSS per connection. Then
 # python3 tests/bench/report.py for the table and the plots.
@@ -32,18 +33,25 @@ processes=$(( (TOTAL + 9499) / 9500 ))
   --hold "$HOLD" --idle-timeout 40s "${watch[@]}" --report "$RESULTS/idle-reuseport.json"
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 
-# The floor: the same idle streams from a bare hyper server (one event, then
-# nothing), what hyper alone costs per connection.
-log="$(mktemp -t bench-ceiling.XXXXXX)"
-"$BIN/ceiling" 127.0.0.1:0 0 2>"$log" &
-CEILING_PID=$!
-PIDS+=("$CEILING_PID")
-for _ in $(seq 50); do grep -q Listening "$log" && break; sleep 0.1; done
-addr="$(grep -o 'Listening on http://[^/]*' "$log" | sed 's|Listening on http://||')"
-"$LOADGEN" "http://$addr/idle" -c "$CONNECTIONS" --rate 4000 --processes 2 --sources 8 \
-  --hold 20s --ts-field "" --watch-pid "$CEILING_PID" --report "$RESULTS/idle-floor.json"
-
-stop_pid "$CEILING_PID"
+# floor REPORT [MODE]: the same idle streams from `ceiling` (one event, then
+# nothing), held 20 s; its RSS per connection.
+floor() {
+  local log
+  log="$(mktemp -t bench-ceiling.XXXXXX)"
+  "$BIN/ceiling" 127.0.0.1:0 0 "${@:2}" 2>"$log" &
+  CEILING_PID=$!
+  PIDS+=("$CEILING_PID")
+  for _ in $(seq 50); do grep -q Listening "$log" && break; sleep 0.1; done
+  addr="$(grep -o 'Listening on http://[^/]*' "$log" | sed 's|Listening on http://||')"
+  "$LOADGEN" "http://$addr/idle" -c "$CONNECTIONS" --rate 4000 --processes 2 --sources 8 \
+    --hold 20s --ts-field "" --watch-pid "$CEILING_PID" --report "$RESULTS/$1"
+  stop_pid "$CEILING_PID"
+}
+# The floor: what hyper alone costs per connection. Below it: no HTTP
+# library at all (the head read into a buffer freed once answered, then
+# only the socket held), what a connection driver of our own can reach.
+floor idle-floor.json
+floor idle-floor-raw.json raw
 
 # The peer: nginx + nchan holding the same idle EventSource streams.
 if start_nchan; then

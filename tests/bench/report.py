@@ -9,7 +9,8 @@ the table to stdout and, next to BENCHMARKS.md:
   delivery rate each run reached, the gateway beside nchan, at each
   subscriber count;
 - BENCHMARKS-memory.svg: RSS against open connections while idle streams
-  were being opened (the gateway, a bare hyper server, nchan).
+  were being opened (the gateway, a bare hyper server, the same streams
+  with no HTTP library, nchan).
 
 Standard library only: python3 tests/bench/report.py
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "tests" / "bench" / "results"
-COLORS = {"gateway": "#1f6feb", "nchan": "#d1242f", "hyper": "#6e7781"}
+COLORS = {"gateway": "#1f6feb", "nchan": "#d1242f", "hyper": "#6e7781", "no HTTP library": "#1a7f37"}
 
 
 def load(name):
@@ -63,7 +64,8 @@ def fanout_runs():
 def idle_runs():
     """(label, report) of each idle run found."""
     found = []
-    for label, name in [("gateway", "idle.json"), ("hyper", "idle-floor.json"), ("nchan", "idle-nchan.json")]:
+    for label, name in [("gateway", "idle.json"), ("hyper", "idle-floor.json"),
+                        ("no HTTP library", "idle-floor-raw.json"), ("nchan", "idle-nchan.json")]:
         report = load(name)
         if report:
             found.append((label, report))

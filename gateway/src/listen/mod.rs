@@ -26,12 +26,14 @@
 mod framing;
 mod phase;
 mod service;
+pub mod stream;
 pub mod strict;
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -201,7 +203,20 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, refusal: 
         () = shutdown.cancelled() => return,
     };
     if !http2 {
-        if let Some(tcp) = http1(tcp, accepted, peer, shared, refusal).await {
+        let state = ConnState::new(accepted, true);
+        let mut io = Watched::new(tcp, Arc::clone(&state));
+        if refusal.is_none() {
+            let max_head = shared.gateway.config.max_head_bytes;
+            if let Some(head) = peek_head(io.get_ref(), max_head).await {
+                match answer_first(&mut io, head, &state, peer, shared).await {
+                    stream::Written::Complete => {}
+                    stream::Written::Cut => return,
+                }
+            }
+        }
+        // On the heap: a connection answered above does not reserve room
+        // for hyper's state until it comes here.
+        if let Some(tcp) = Box::pin(http1(io, state, peer, shared, refusal)).await {
             request_timeout(&tcp, shared.phases.head);
         }
         return;
@@ -240,11 +255,53 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, refusal: 
     .await;
 }
 
-/// Serves an HTTP/1 connection over `io`, accepted at `accepted`; gives
-/// `io` back when a request head did not arrive in time, for the 408.
+/// The connection's first request head, when it is complete in the bytes
+/// already there and one [`stream`] answers; only peeked at.
+async fn peek_head(tcp: &TcpStream, max_head: usize) -> Option<stream::Head> {
+    let mut bytes = vec![0u8; stream::PEEK_BYTES.min(max_head)];
+    let peeked = tcp.peek(&mut bytes).await.ok()?;
+    stream::classify(&bytes[..peeked], max_head)
+}
+
+/// Answers the connection's first request without hyper ([`stream`]),
+/// within the bounds of the connection's phases.
+async fn answer_first(
+    io: &mut Watched<TcpStream>,
+    head: stream::Head,
+    state: &Arc<ConnState>,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> stream::Written {
+    let service = ConnService {
+        gateway: Arc::clone(&shared.gateway),
+        router: shared.router.clone(),
+        state: Arc::clone(state),
+        peer,
+        refusal: None,
+        http1: true,
+    };
+    let finishing = Arc::new(AtomicBool::new(false));
+    let mut answering = stream::Answering {
+        future: Box::pin(stream::answer(io, head, &service, &finishing)),
+        finishing: Arc::clone(&finishing),
+    };
+    match until_done(Pin::new(&mut answering), state, shared).await {
+        Ok(written) => written,
+        Err(expired) => {
+            shared
+                .gateway
+                .metrics
+                .connection_timed_out(expired.as_str());
+            stream::Written::Cut
+        }
+    }
+}
+
+/// Serves an HTTP/1 connection over `io` in the phase `state` holds; gives
+/// the socket back when a request head did not arrive in time, for the 408.
 async fn http1<I>(
-    io: I,
-    accepted: Instant,
+    io: Watched<I>,
+    state: Arc<ConnState>,
     peer: SocketAddr,
     shared: &Shared,
     refusal: Option<Refusal>,
@@ -252,7 +309,6 @@ async fn http1<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = ConnState::new(accepted, true);
     let service = ConnService {
         gateway: Arc::clone(&shared.gateway),
         router: shared.router.clone(),
@@ -265,7 +321,7 @@ where
         .max_header_size(shared.gateway.config.max_head_bytes)
         .max_buf_size((shared.gateway.config.max_head_bytes + 8192).max(64 * 1024))
         .keep_alive(refusal.is_none())
-        .serve_connection(TokioIo::new(Watched::new(io, Arc::clone(&state))), service);
+        .serve_connection(TokioIo::new(io), service);
     match until_done(Pin::new(&mut conn), &state, shared).await {
         Ok(result) => {
             log_failure(result);
@@ -293,7 +349,15 @@ where
 {
     let (router, shutdown) = (crate::app(Arc::clone(&gateway)), gateway.shutdown_token());
     let shared = Shared::new(gateway, router, shutdown);
-    http1(io, Instant::now(), peer, &shared, None).await;
+    let state = ConnState::new(Instant::now(), true);
+    http1(
+        Watched::new(io, Arc::clone(&state)),
+        state,
+        peer,
+        &shared,
+        None,
+    )
+    .await;
 }
 
 fn log_failure(result: Result<(), hyper::Error>) {
@@ -319,7 +383,7 @@ fn request_timeout(tcp: &TcpStream, after: Duration) {
 }
 
 /// A connection that can be asked to finish: hyper's HTTP/1 and HTTP/2.
-trait Graceful: Future {
+pub(crate) trait Graceful: Future {
     fn finish(self: Pin<&mut Self>);
 }
 

@@ -267,6 +267,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 }
 
 impl<T> Watched<T> {
+    /// The socket, to look at without reading.
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.io
+    }
+
     /// The socket back, once hyper is done with it.
     pub(crate) fn into_inner(self) -> T {
         self.io

@@ -86,7 +86,15 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Error = Infallible;
     type Future = Answer;
 
-    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.answer(request.map(Body::new))
+    }
+}
+
+impl ConnService {
+    /// Answers one request of the connection (hyper's, or one taken
+    /// without hyper: [`super::stream`]).
+    pub(crate) fn answer(&self, mut request: Request<Body>) -> Answer {
         let busy = self.state.busy();
         let refused = match self.refusal {
             Some(refusal) => Err(refusal.error(&self.gateway)),
@@ -122,7 +130,7 @@ pub(crate) struct Tracked {
 }
 
 impl Tracked {
-    fn wrap(response: Response<Body>, busy: Busy) -> Response<Self> {
+    pub(super) fn wrap(response: Response<Body>, busy: Busy) -> Response<Self> {
         response.map(|body| Self { body, _busy: busy })
     }
 }

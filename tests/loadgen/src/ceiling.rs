@@ -8,6 +8,13 @@
 //! stream); prints `Listening on http://ADDR/`. `COUNT` 0 sends one event
 //! and then holds the stream open without a byte more: the floor of what an
 //! idle stream costs in hyper alone, for the idle benchmark.
+//!
+//! `ceiling ADDR 0 raw` holds the same idle streams without hyper: the
+//! request head read into a buffer that is freed once it is answered, the
+//! response head and the one event written as they are, and then nothing
+//! kept but the socket and a task that waits for it to close. What an
+//! HTTP/1 stream costs with no HTTP library's buffers at all: the floor
+//! of a connection driver of our own, for the idle benchmark's evidence.
 
 use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -26,6 +33,11 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:0".into());
     let count: u64 = args.next().map_or(Ok(2_000_000), |c| c.parse())?;
+    let raw = match args.next().as_deref() {
+        None => false,
+        Some("raw") if count == 0 => true,
+        Some(other) => anyhow::bail!("unknown mode {other:?} (only `raw`, with COUNT 0)"),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -35,6 +47,10 @@ fn main() -> anyhow::Result<()> {
         loop {
             let (tcp, _) = listener.accept().await?;
             let _ = tcp.set_nodelay(true);
+            if raw {
+                tokio::spawn(hold_raw(tcp));
+                continue;
+            }
             tokio::spawn(async move {
                 let service = service_fn(move |_request| async move {
                     let mut response = Response::new(StreamBody::new(events(count)));
@@ -55,6 +71,45 @@ fn main() -> anyhow::Result<()> {
             });
         }
     })
+}
+
+/// One idle stream without hyper: reads the request head (into a buffer
+/// freed before the hold), answers it with one chunked event, then waits
+/// for the client to close, keeping nothing but the socket.
+async fn hold_raw(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    {
+        let mut head = Vec::with_capacity(1024);
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            if head.len() >= 16 * 1024 || matches!(tcp.read_buf(&mut head).await, Ok(0) | Err(_)) {
+                return;
+            }
+        }
+    }
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let event = format!("id: 1\nevent: tick\ndata: {{\"seq\":1,\"ts_us\":{ts}}}\n\n");
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
+        event.len()
+    );
+    if tcp.write_all(response.as_bytes()).await.is_err() {
+        return;
+    }
+    drop(response);
+    loop {
+        if tcp.readable().await.is_err() {
+            return;
+        }
+        let mut byte = [0u8; 1];
+        match tcp.try_read(&mut byte) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// The events `1..=count`, in chunks (`count` 0: one, then nothing, ever).
