@@ -14,6 +14,11 @@
 //! a `date`, `content-length` when the body's size is known, else chunked;
 //! `connection: close` when either side asked for it.
 //!
+//! The body's frames are read ahead of the socket while it drains, up to
+//! 16 frames or 64 KiB (hyper's own bounds for its write queue, so a slow
+//! reader holds no more than under hyper), and written with their chunk
+//! size lines in one `writev` as far as the socket takes them.
+//!
 //! While the response is written the connection is watched as hyper
 //! watches it: a client that closes is noticed (a one-byte peek, no
 //! buffer), a client that stops reading is closed after `send_timeout` (the
@@ -24,11 +29,12 @@
 //! idle from then on; requests the client pipelined behind the `GET` are
 //! still in the socket for it.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use axum::body::Body;
@@ -49,11 +55,6 @@ pub const MAX_HEADERS: usize = 100;
 
 /// At most this much of a connection's first bytes is peeked for a head.
 pub const PEEK_BYTES: usize = 8192;
-
-/// Frames written together at most, and the bytes they hold: a batch
-/// waiting for a slow reader holds no more than this beyond the socket.
-const BATCH_FRAMES: usize = 16;
-const BATCH_BYTES: usize = 16 * 1024;
 
 /// A socket whose next bytes can be looked at without taking them.
 pub(crate) trait Peek {
@@ -214,14 +215,6 @@ fn asks_close(headers: &HeaderMap) -> bool {
     })
 }
 
-/// One data frame of a batch, with its chunk's size line (`\r\n` ending the
-/// chunk before it first, when there was one).
-struct Piece {
-    size: [u8; 20],
-    size_len: u8,
-    data: Bytes,
-}
-
 /// How the response's writing ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Written {
@@ -259,19 +252,30 @@ where
         tracing::error!("A response's content-length is not a number; connection closed");
         return Written::Cut;
     };
-    if io.write_all(&head).await.is_err() {
-        return Written::Cut;
-    }
-    drop(head);
     let mut body = response.into_body();
-    let written = match framing {
-        Framing::None => Ok(true),
-        Framing::Length(length) => write_body(io, &mut body, false, Some(length)).await,
-        Framing::Chunked => write_body(io, &mut body, true, None).await,
+    let mut writer = Writer {
+        body: &mut body,
+        chunked: framing == Framing::Chunked,
+        left: match framing {
+            Framing::Length(length) => Some(length),
+            Framing::None | Framing::Chunked => None,
+        },
+        queue: VecDeque::with_capacity(2),
+        front_written: 0,
+        queued_bytes: 0,
+        chunks: false,
+        ended: framing == Framing::None,
+        watching: true,
     };
+    writer.push(Piece {
+        prefix: Prefix::NONE,
+        data: Bytes::from(head),
+    });
+    let written = std::future::poll_fn(|cx| writer.poll(io, cx)).await;
+    drop(writer);
     drop(body);
     match written {
-        Ok(true) if io.flush().await.is_ok() => {
+        Ok(()) if io.flush().await.is_ok() => {
             if close || finishing.load(Ordering::Relaxed) {
                 let _ = io.shutdown().await;
                 Written::Cut
@@ -283,113 +287,39 @@ where
     }
 }
 
-/// Writes the body, `chunked` or as `length` bytes; `Ok(false)`
-/// when it was cut: the client closed, or the body failed or sent more
-/// than its length.
-async fn write_body<I>(
-    io: &mut Watched<I>,
-    body: &mut Tracked,
-    chunked: bool,
-    mut length: Option<u64>,
-) -> io::Result<bool>
-where
-    I: AsyncRead + AsyncWrite + Peek + Unpin,
-{
-    // Peeking stops once the client sent more (a pipelined request): the
-    // socket stays readable then, and its bytes are hyper's.
-    let mut watching = true;
-    let mut ended = false;
-    let mut started = false;
-    while !ended {
-        let mut batch: Vec<Piece> = Vec::new();
-        let next = std::future::poll_fn(|cx| {
-            let mut bytes = 0;
-            loop {
-                match Pin::new(&mut *body).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        let Ok(data) = frame.into_data() else {
-                            continue;
-                        };
-                        if data.is_empty() {
-                            continue;
-                        }
-                        bytes += data.len();
-                        batch.push(piece(data, chunked, started || !batch.is_empty()));
-                        if batch.len() >= BATCH_FRAMES || bytes >= BATCH_BYTES {
-                            return Poll::Ready(Ok(()));
-                        }
-                    }
-                    Poll::Ready(Some(Err(error))) => {
-                        tracing::debug!(%error, "A response body failed; connection closed");
-                        return Poll::Ready(Err(()));
-                    }
-                    Poll::Ready(None) => {
-                        ended = true;
-                        return Poll::Ready(Ok(()));
-                    }
-                    Poll::Pending if !batch.is_empty() => return Poll::Ready(Ok(())),
-                    Poll::Pending => break,
-                }
-            }
-            if watching {
-                match ready_or_pending(io.get_ref().poll_peek(cx, &mut [0u8; 1])) {
-                    Some(Ok(0) | Err(_)) => return Poll::Ready(Err(())),
-                    Some(Ok(_)) => watching = false,
-                    None => {}
-                }
-            }
-            Poll::Pending
-        })
-        .await;
-        if next.is_err() {
-            return Ok(false);
-        }
-        if let Some(left) = &mut length {
-            let bytes: u64 = batch.iter().map(|piece| piece.data.len() as u64).sum();
-            if bytes > *left {
-                tracing::error!("A response body is longer than its content-length; cut");
-                return Ok(false);
-            }
-            *left -= bytes;
-            if ended && *left > 0 {
-                tracing::error!("A response body is shorter than its content-length; cut");
-                return Ok(false);
-            }
-        }
-        started |= !batch.is_empty();
-        let last: &[u8] = match (chunked && ended, started) {
-            (false, _) => b"",
-            (true, true) => b"\r\n0\r\n\r\n",
-            (true, false) => b"0\r\n\r\n",
-        };
-        write_batch(io, &batch, last).await?;
-    }
-    Ok(true)
+/// Bytes written before a piece's data: a chunk's size line (with the
+/// `\r\n` ending the chunk before), or the body's last chunk.
+#[derive(Clone, Copy)]
+struct Prefix {
+    bytes: [u8; 20],
+    len: u8,
 }
 
-fn ready_or_pending<T>(poll: Poll<T>) -> Option<T> {
-    match poll {
-        Poll::Ready(value) => Some(value),
-        Poll::Pending => None,
-    }
-}
+impl Prefix {
+    const NONE: Self = Self {
+        bytes: [0; 20],
+        len: 0,
+    };
 
-/// A data frame as a piece of a batch: its chunk's size line, after the end
-/// of the chunk before when `after` one.
-fn piece(data: Bytes, chunked: bool, after: bool) -> Piece {
-    let mut size = [0u8; 20];
-    let mut size_len = 0;
-    if chunked {
-        let mut put = |bytes: &[u8]| {
-            size[size_len..size_len + bytes.len()].copy_from_slice(bytes);
-            size_len += bytes.len();
-        };
-        if after {
-            put(b"\r\n");
+    fn of(parts: &[&[u8]]) -> Self {
+        let mut prefix = Self::NONE;
+        for part in parts {
+            let at = usize::from(prefix.len);
+            prefix.bytes[at..at + part.len()].copy_from_slice(part);
+            prefix.len += part.len() as u8;
         }
+        prefix
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// A chunk's size line for `len` bytes, after another chunk or not.
+    fn chunk(len: usize, after: bool) -> Self {
         let mut hex = [0u8; 16];
         let mut at = hex.len();
-        let mut left = data.len();
+        let mut left = len;
         loop {
             at -= 1;
             hex[at] = b"0123456789abcdef"[left % 16];
@@ -398,41 +328,178 @@ fn piece(data: Bytes, chunked: bool, after: bool) -> Piece {
                 break;
             }
         }
-        put(&hex[at..]);
-        put(b"\r\n");
-    }
-    Piece {
-        size,
-        size_len: size_len as u8,
-        data,
+        let end: &[u8] = if after { b"\r\n" } else { b"" };
+        Self::of(&[end, &hex[at..], b"\r\n"])
     }
 }
 
-/// Writes a batch's pieces and then `last`, in as few writes as the socket
-/// takes.
-async fn write_batch<I>(io: &mut Watched<I>, batch: &[Piece], last: &[u8]) -> io::Result<()>
-where
-    I: AsyncWrite + Unpin,
-{
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2 + 1);
-    for piece in batch {
-        if piece.size_len > 0 {
-            slices.push(IoSlice::new(&piece.size[..usize::from(piece.size_len)]));
+/// What is queued to be written: a prefix, then data.
+struct Piece {
+    prefix: Prefix,
+    data: Bytes,
+}
+
+impl Piece {
+    fn len(&self) -> usize {
+        usize::from(self.prefix.len) + self.data.len()
+    }
+}
+
+/// Frames read ahead of the socket at most, and the bytes they hold
+/// (hyper's own bounds for a connection's write queue): a slow reader
+/// holds no more than this beyond its socket.
+const QUEUE_FRAMES: usize = 16;
+const QUEUE_BYTES: usize = 64 * 1024;
+
+/// A response on its way out: the head, then the body's frames as they
+/// come, framed, written while the next ones are read (as hyper does), in
+/// as few writes as the socket takes.
+struct Writer<'a> {
+    body: &'a mut Tracked,
+    chunked: bool,
+    /// Bytes the body may still send (`content-length`).
+    left: Option<u64>,
+    queue: VecDeque<Piece>,
+    /// Bytes of the front piece already written.
+    front_written: usize,
+    queued_bytes: usize,
+    /// A chunk was queued before: the next size line ends it first.
+    chunks: bool,
+    ended: bool,
+    /// Whether a client that leaves is still looked for; not once it sent
+    /// more (a pipelined request): the socket stays readable then, and its
+    /// bytes are hyper's.
+    watching: bool,
+}
+
+/// A response cut short: the client left, a write failed, or the body
+/// failed or did not match its length.
+struct Cut;
+
+impl Writer<'_> {
+    /// Reads what the body has ready, within the queue's bounds.
+    fn fill(&mut self, cx: &mut Context<'_>) -> Result<(), Cut> {
+        while !self.ended && self.queue.len() < QUEUE_FRAMES && self.queued_bytes < QUEUE_BYTES {
+            match Pin::new(&mut *self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if let Some(left) = &mut self.left {
+                        *left = left.checked_sub(data.len() as u64).ok_or_else(|| {
+                            tracing::error!(
+                                "A response body is longer than its content-length; cut"
+                            );
+                            Cut
+                        })?;
+                    }
+                    let prefix = if self.chunked {
+                        Prefix::chunk(data.len(), self.chunks)
+                    } else {
+                        Prefix::NONE
+                    };
+                    self.chunks = true;
+                    self.push(Piece { prefix, data });
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::debug!(%error, "A response body failed; connection closed");
+                    return Err(Cut);
+                }
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    if self.left.is_some_and(|left| left > 0) {
+                        tracing::error!("A response body is shorter than its content-length; cut");
+                        return Err(Cut);
+                    }
+                    if self.chunked {
+                        let last: &[u8] = if self.chunks {
+                            b"\r\n0\r\n\r\n"
+                        } else {
+                            b"0\r\n\r\n"
+                        };
+                        self.push(Piece {
+                            prefix: Prefix::of(&[last]),
+                            data: Bytes::new(),
+                        });
+                    }
+                }
+                Poll::Pending => break,
+            }
         }
-        slices.push(IoSlice::new(&piece.data));
+        Ok(())
     }
-    if !last.is_empty() {
-        slices.push(IoSlice::new(last));
+
+    fn push(&mut self, piece: Piece) {
+        self.queued_bytes += piece.len();
+        self.queue.push_back(piece);
     }
-    let mut slices = &mut slices[..];
-    while !slices.is_empty() {
-        let written = io.write_vectored(slices).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+
+    /// Writes what is queued until the socket is full or the queue empty.
+    fn write<I: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Watched<I>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Cut>> {
+        while !self.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); QUEUE_FRAMES * 2 + 2];
+            let mut count = 0;
+            let mut skip = self.front_written;
+            for piece in &self.queue {
+                for part in [piece.prefix.as_bytes(), &piece.data] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                        continue;
+                    }
+                    slices[count] = IoSlice::new(&part[skip..]);
+                    skip = 0;
+                    count += 1;
+                }
+            }
+            let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(Cut)),
+                Poll::Ready(Ok(written)) => written,
+                Poll::Pending => return Poll::Pending,
+            };
+            self.queued_bytes -= written;
+            self.front_written += written;
+            while let Some(front) = self.queue.front() {
+                if self.front_written < front.len() {
+                    break;
+                }
+                self.front_written -= front.len();
+                self.queue.pop_front();
+            }
         }
-        IoSlice::advance_slices(&mut slices, written);
+        Poll::Ready(Ok(()))
     }
-    Ok(())
+
+    /// Drives the response to its end: `Ok` once all of it is written.
+    fn poll<I: AsyncRead + AsyncWrite + Peek + Unpin>(
+        &mut self,
+        io: &mut Watched<I>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Cut>> {
+        loop {
+            self.fill(cx)?;
+            if self.queue.is_empty() {
+                if self.ended {
+                    return Poll::Ready(Ok(()));
+                }
+                if self.watching {
+                    match io.get_ref().poll_peek(cx, &mut [0u8; 1]) {
+                        Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(Cut)),
+                        Poll::Ready(Ok(_)) => self.watching = false,
+                        Poll::Pending => {}
+                    }
+                }
+                return Poll::Pending;
+            }
+            ready!(self.write(io, cx))?;
+        }
+    }
 }
 
 /// The first request's answer as a connection [`until_done`] drives: asked
@@ -570,11 +637,11 @@ mod tests {
 
     #[test]
     fn chunk_size_lines_end_the_chunk_before() {
-        let first = piece(Bytes::from(vec![b'a'; 300]), true, false);
-        assert_eq!(&first.size[..usize::from(first.size_len)], b"12c\r\n");
-        let next = piece(Bytes::from_static(b"a"), true, true);
-        assert_eq!(&next.size[..usize::from(next.size_len)], b"\r\n1\r\n");
-        let raw = piece(Bytes::from_static(b"a"), false, true);
-        assert_eq!(raw.size_len, 0);
+        assert_eq!(Prefix::chunk(300, false).as_bytes(), b"12c\r\n");
+        assert_eq!(Prefix::chunk(1, true).as_bytes(), b"\r\n1\r\n");
+        assert_eq!(
+            Prefix::chunk(usize::MAX, true).as_bytes(),
+            b"\r\nffffffffffffffff\r\n"
+        );
     }
 }
