@@ -76,6 +76,24 @@ struct Shared {
 }
 
 impl Shared {
+    /// The service for the requests of a connection from `peer`.
+    fn service(
+        &self,
+        state: &Arc<ConnState>,
+        peer: SocketAddr,
+        refusal: Option<Refusal>,
+        http1: bool,
+    ) -> ConnService {
+        ConnService {
+            gateway: Arc::clone(&self.gateway),
+            router: self.router.clone(),
+            state: Arc::clone(state),
+            peer,
+            refusal,
+            http1,
+        }
+    }
+
     fn new(gateway: Arc<Gateway>, router: Router, shutdown: CancellationToken) -> Self {
         let phases = PhaseLimits {
             head: gateway.config.head_timeout,
@@ -228,14 +246,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, shared: &Shared, refusal: 
     }
     let state = ConnState::new(accepted, false);
     let io = TokioIo::new(Watched::new(tcp, Arc::clone(&state)));
-    let service = ConnService {
-        gateway: Arc::clone(&shared.gateway),
-        router: shared.router.clone(),
-        state: Arc::clone(&state),
-        peer,
-        refusal: None,
-        http1: false,
-    };
+    let service = shared.service(&state, peer, None, false);
     let max_head = shared.gateway.config.max_head_bytes;
     // Rare behind the CDN, and its state is large: on the heap, so that
     // every HTTP/1 connection's task does not reserve room for it.
@@ -272,18 +283,11 @@ async fn answer_first(
     peer: SocketAddr,
     shared: &Shared,
 ) -> stream::Written {
-    let service = ConnService {
-        gateway: Arc::clone(&shared.gateway),
-        router: shared.router.clone(),
-        state: Arc::clone(state),
-        peer,
-        refusal: None,
-        http1: true,
-    };
-    let finishing = Arc::new(AtomicBool::new(false));
+    let service = shared.service(state, peer, None, true);
+    let finishing = AtomicBool::new(false);
     let mut answering = stream::Answering {
         future: Box::pin(stream::answer(io, head, &service, &finishing)),
-        finishing: Arc::clone(&finishing),
+        finishing: &finishing,
     };
     match until_done(Pin::new(&mut answering), state, shared).await {
         Ok(written) => written,
@@ -309,14 +313,7 @@ async fn http1<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = ConnService {
-        gateway: Arc::clone(&shared.gateway),
-        router: shared.router.clone(),
-        state: Arc::clone(&state),
-        peer,
-        refusal,
-        http1: true,
-    };
+    let service = shared.service(&state, peer, refusal, true);
     let mut conn = http1::Builder::new()
         .max_header_size(shared.gateway.config.max_head_bytes)
         .max_buf_size((shared.gateway.config.max_head_bytes + 8192).max(64 * 1024))
@@ -382,7 +379,8 @@ fn request_timeout(tcp: &TcpStream, after: Duration) {
     let _ = tcp.try_write(response.as_bytes());
 }
 
-/// A connection that can be asked to finish: hyper's HTTP/1 and HTTP/2.
+/// A connection that can be asked to finish: hyper's HTTP/1 and HTTP/2, and
+/// a first request answered without hyper ([`stream::Answering`]).
 pub(crate) trait Graceful: Future {
     fn finish(self: Pin<&mut Self>);
 }

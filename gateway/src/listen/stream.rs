@@ -32,7 +32,6 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
@@ -507,12 +506,12 @@ impl Writer<'_> {
 /// connection.
 ///
 /// [`until_done`]: super::until_done
-pub(crate) struct Answering<F> {
+pub(crate) struct Answering<'a, F> {
     pub(crate) future: Pin<Box<F>>,
-    pub(crate) finishing: Arc<AtomicBool>,
+    pub(crate) finishing: &'a AtomicBool,
 }
 
-impl<F: Future> Future for Answering<F> {
+impl<F: Future> Future for Answering<'_, F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
@@ -520,7 +519,7 @@ impl<F: Future> Future for Answering<F> {
     }
 }
 
-impl<F: Future> Graceful for Answering<F> {
+impl<F: Future> Graceful for Answering<'_, F> {
     fn finish(self: Pin<&mut Self>) {
         self.finishing.store(true, Ordering::Relaxed);
     }
