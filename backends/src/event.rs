@@ -40,7 +40,8 @@ impl Event {
             id: None,
             name: None,
             data,
-            source: Arc::from(""),
+            // The empty `Arc<str>` is a static one: no allocation per event.
+            source: Arc::default(),
             encodings: Encodings::default(),
         }
     }
@@ -146,7 +147,8 @@ impl Data {
 
     /// A JSON payload from compact JSON text this crate wrote itself (no
     /// parse, no re-serialization: for backends that make events fast).
-    pub(crate) fn json_text(text: String) -> Self {
+    pub(crate) fn json_text(text: impl AsRef<str>) -> Self {
+        let text = text.as_ref();
         debug_assert!(crate::json::check(text.as_bytes()).is_ok(), "{text}");
         Self(Repr::Json(Arc::from(text)))
     }

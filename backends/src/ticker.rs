@@ -110,44 +110,46 @@ impl Backend for Ticker {
             timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
             timer
         });
-        let stream = futures::stream::unfold((Some(first), timer), move |(seq, mut timer)| {
-            let name = Arc::clone(&name);
-            let pad = Arc::clone(&pad);
-            async move {
-                // `None` once `u64::MAX` was sent.
-                let seq = seq.filter(|seq| *seq <= last)?;
+        // A generator keeps its state in place (an unfold moves it in and
+        // out of a new future per event), and the text of each event is
+        // written into one buffer kept for the stream: an event costs two
+        // allocations, its data and its id.
+        let stream = async_stream::stream! {
+            let mut text = String::new();
+            let mut timer = timer;
+            for seq in first..=last {
                 match timer.as_mut() {
                     Some(timer) => {
                         timer.tick().await;
                     }
-                    // Without a pause, let other tasks run once this task
-                    // has used its share of work (tokio's budget), not
-                    // after every event: events ready together go out in
-                    // one write.
                     None => tokio::task::coop::consume_budget().await,
                 }
-                Some((Ok(tick(seq, name, &pad)), (seq.checked_add(1), timer)))
+                yield Ok(tick(seq, Arc::clone(&name), &pad, &mut text));
             }
-        });
+        };
         Ok(stream.boxed())
     }
 }
 
-fn tick(seq: u64, name: Arc<str>, pad: &str) -> Event {
-    use std::fmt::Write as _;
+fn tick(seq: u64, name: Arc<str>, pad: &str, text: &mut String) -> Event {
     let ts_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
-    // Written directly: numbers and a run of `x` need no escaping, and a
-    // firehose makes millions of these.
-    let mut data = String::with_capacity(48 + pad.len());
-    let _ = write!(data, "{{\"seq\":{seq},\"ts_us\":{ts_us}");
+    let mut seq_digits = itoa::Buffer::new();
+    let seq = seq_digits.format(seq);
+    text.clear();
+    text.push_str("{\"seq\":");
+    text.push_str(seq);
+    text.push_str(",\"ts_us\":");
+    text.push_str(itoa::Buffer::new().format(ts_us));
     if !pad.is_empty() {
-        let _ = write!(data, ",\"pad\":\"{pad}\"");
+        text.push_str(",\"pad\":\"");
+        text.push_str(pad);
+        text.push('"');
     }
-    data.push('}');
-    Event::new(Data::json_text(data))
-        .with_id(seq.to_string())
+    text.push('}');
+    Event::new(Data::json_text(&*text))
+        .with_id(seq)
         .with_name(name)
 }
 

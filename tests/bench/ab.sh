@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Two gateway builds side by side (or more), for a change's before and
+# after. Build the other one first, e.g.
+#   git worktree add /tmp/before COMMIT && (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target cargo build --release -p gateway)
+# then
+#   bash tests/bench/ab.sh cpu /tmp/before-target/release/gateway target/release/gateway
+#   bash tests/bench/ab.sh firehose-instructions /tmp/before-target/release/gateway target/release/gateway
+#
+# cpu: SUBSCRIBERS (10,000) SSE clients of one stream, events published at
+#   RATE (25) per second; the server's user and kernel CPU time (from /proc)
+#   over WINDOW (12) seconds of steady delivery, after every client is
+#   connected, so connecting does not count. The binaries take turns,
+#   ROUNDS (3) times each: on a shared machine one run of a binary differs
+#   from the next by as much as two binaries do.
+# firehose-instructions: one SSE client reading ticker events as fast as
+#   they come, the server under callgrind, 100,000 and then 300,000 events;
+#   the difference of the instruction counts over the difference of the
+#   events is the user-space cost of one event (start-up cancelled out).
+source "$(dirname "$0")/lib.sh"
+measure="${1:-}"; shift || true
+[ "$#" -ge 1 ] || { echo "usage: $0 cpu|firehose-instructions GATEWAY_BINARY…" >&2; exit 2; }
+SUBSCRIBERS="${SUBSCRIBERS:-10000}"
+RATE="${RATE:-25}"
+WINDOW="${WINDOW:-12}"
+ROUNDS="${ROUNDS:-3}"
+export BENCH_TOKEN="bench-token-0123456789abcdef"
+(cd "$ROOT" && cargo build --release --quiet -p loadgen)
+
+# ticks PID: the process's user and system CPU time, in clock ticks.
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+cpu_run() {
+  local binary="$1" events=$(( RATE * (WINDOW + 8) )) dir
+  dir="$(mktemp -d -t bench-ab.XXXXXX)"
+  ln -s "$(realpath "$binary")" "$dir/gateway"
+  redis-cli -h 127.0.0.1 del bench:fanout >/dev/null
+  BIN="$dir" start_gateway "$BENCH_DIR/configs/fanout.toml"
+  "$LOADGEN" "http://$GATEWAY_ADDR/bus" -c "$SUBSCRIBERS" --rate 5000 --processes 2 --sources 8 \
+    --events "$events" --idle-timeout 30s --max-time 3m \
+    --publish-url "http://$GATEWAY_ADDR/bus/events" --publish-rate "$RATE" --publish-count "$events" \
+    --publish-delay "$(( SUBSCRIBERS / 5000 + 3 ))s" --publish-header "Authorization: Bearer $BENCH_TOKEN" \
+    --report "$dir/report.json" >"$dir/loadgen.log" 2>&1 &
+  local loader=$! user0 sys0 user1 sys1
+  # Connected at 5,000 per second, then published to after 3 s more.
+  sleep $(( SUBSCRIBERS / 5000 + 4 ))
+  read -r user0 sys0 < <(ticks "$GATEWAY_PID")
+  sleep "$WINDOW"
+  read -r user1 sys1 < <(ticks "$GATEWAY_PID")
+  wait "$loader"
+  stop_pid "$GATEWAY_PID"
+  local hz deliveries
+  hz="$(getconf CLK_TCK)"
+  deliveries=$(( SUBSCRIBERS * RATE * WINDOW ))
+  python3 - "$binary" "$(( user1 - user0 ))" "$(( sys1 - sys0 ))" "$hz" "$deliveries" "$dir/report.json" <<'EOF'
+import json, sys
+binary, user, system, hz, deliveries, report = sys.argv[1:]
+user, system = int(user) / int(hz), int(system) / int(hz)
+per = 1e6 / int(deliveries)
+r = json.load(open(report))
+lat = r["latency"]
+print(f"{binary}: user {user * per:.2f} + kernel {system * per:.2f} = {(user + system) * per:.2f} CPU-s per 10^6 deliveries;"
+      f" {r['missing']} lost, {r['duplicates']} repeated; latency p50 {lat['p50_us'] / 1000:.1f} p99 {lat['p99_us'] / 1000:.1f} ms")
+EOF
+}
+
+firehose_run() {
+  local binary="$1" events="$2" port out
+  port="$(free_port)"
+  out="$(mktemp -t bench-ab-callgrind.XXXXXX)"
+  GATEWAY_CONFIG="$BENCH_DIR/configs/firehose.toml" GATEWAY__SERVER__PORT="$port" \
+    GATEWAY__ROUTES__FIREHOSE__BACKENDS__TICKER__COUNT="$events" RUST_LOG=warn NO_COLOR=1 \
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$binary" 2>/dev/null &
+  local pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 600); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  local got
+  got="$("$LOADGEN" "http://127.0.0.1:$port/firehose" -c 1 --ts-field "" 2>&1 | grep -oE '^events [0-9]+' | cut -d' ' -f2)"
+  stop_pid "$pid"
+  echo "$got $(awk '/^(summary|totals):/ {print $2; exit}' "$out")"
+}
+
+case "$measure" in
+  cpu)
+    for _ in $(seq "$ROUNDS"); do
+      for binary in "$@"; do cpu_run "$binary"; done
+    done ;;
+  firehose-instructions)
+    command -v valgrind >/dev/null 2>&1 || { echo "valgrind missing (apt-get install valgrind)" >&2; exit 1; }
+    for binary in "$@"; do
+      read -r e1 i1 < <(firehose_run "$binary" 100000)
+      read -r e2 i2 < <(firehose_run "$binary" 300000)
+      echo "$binary: $(( (i2 - i1) / (e2 - e1) )) instructions per event ($e1 and $e2 events read)"
+    done ;;
+  *) echo "usage: $0 cpu|firehose-instructions GATEWAY_BINARY…" >&2; exit 2 ;;
+esac
