@@ -122,6 +122,10 @@ impl Backend for Ticker {
                     Some(timer) => {
                         timer.tick().await;
                     }
+                    // Without a pause, let other tasks run once this task
+                    // has used its share of work (tokio's budget), not
+                    // after every event: events ready together go out in
+                    // one write.
                     None => tokio::task::coop::consume_budget().await,
                 }
                 yield Ok(tick(seq, Arc::clone(&name), &pad, &mut text));
@@ -135,6 +139,8 @@ fn tick(seq: u64, name: Arc<str>, pad: &str, text: &mut String) -> Event {
     let ts_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
+    // Written directly: numbers and a run of `x` need no escaping, and a
+    // firehose makes millions of these.
     let mut seq_digits = itoa::Buffer::new();
     let seq = seq_digits.format(seq);
     text.clear();
