@@ -29,10 +29,6 @@ export BENCH_TOKEN="bench-token-0123456789abcdef"
 # ticks PID: the process's user and system CPU time, in clock ticks.
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 cpu_run() {
   local binary="$1" events=$(( RATE * (WINDOW + 8) )) dir
   dir="$(mktemp -d -t bench-ab.XXXXXX)"
@@ -76,11 +72,11 @@ firehose_run() {
     valgrind --tool=callgrind --callgrind-out-file="$out" "$binary" 2>/dev/null &
   local pid=$!
   PIDS+=("$pid")
-  for _ in $(seq 600); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  wait_for_port "$port"
   local got
   got="$("$LOADGEN" "http://127.0.0.1:$port/firehose" -c 1 --ts-field "" 2>&1 | grep -oE '^events [0-9]+' | cut -d' ' -f2)"
   stop_pid "$pid"
-  echo "$got $(awk '/^(summary|totals):/ {print $2; exit}' "$out")"
+  echo "$got $(callgrind_total "$out")"
 }
 
 case "$measure" in

@@ -16,17 +16,6 @@ command -v valgrind >/dev/null 2>&1 || { echo "valgrind missing (apt-get install
 build
 work="$(mktemp -d -t bench-instructions.XXXXXX)"
 
-# wait_for_port PORT: until something answers on 127.0.0.1:PORT (a server
-# under valgrind starts slowly).
-wait_for_port() {
-  for _ in $(seq 600); do
-    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
-    sleep 0.1
-  done
-  echo "nothing answers on 127.0.0.1:$1" >&2
-  exit 1
-}
-
 # subscribe_and_publish NAME SUB_URL PUB_URL EVENTS [publisher options…]
 # (its report on stderr: stdout is the run's answer)
 subscribe_and_publish() {
@@ -35,11 +24,6 @@ subscribe_and_publish() {
     --events "$events" --idle-timeout 60s --max-time 5m \
     --publish-url "$pub" --publish-rate "$RATE" --publish-count "$events" \
     --publish-delay "$(( SUBSCRIBERS / 500 + 10 ))s" "$@" --report "$work/$name.json" >&2
-}
-
-# callgrind_total FILE: the instructions callgrind counted (its summary).
-callgrind_total() {
-  awk '/^(summary|totals):/ {print $2; exit}' "$1"
 }
 
 # counted NAME EVENTS PORT SUB_PATH PUB_PATH PUBLISH_OPTION VALUE -- COMMAND…:
@@ -57,10 +41,6 @@ counted() {
   # Both servers end on SIGTERM; callgrind writes its counts then.
   stop_pid "$pid"
   echo "$(callgrind_total "$out") $(python3 -c "import json; print(json.load(open('$work/$name-$events.json'))['events'])")"
-}
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 # gateway_run EVENTS: the gateway's fan-out from Redis through its publish route.

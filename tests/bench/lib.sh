@@ -51,6 +51,27 @@ machine() {
 $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), open files $(ulimit -Hn)"
 }
 
+# free_port: a loopback port nothing listens on now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_for_port PORT: until something answers on 127.0.0.1:PORT (a server
+# under valgrind starts slowly).
+wait_for_port() {
+  for _ in $(seq 600); do
+    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+    sleep 0.1
+  done
+  echo "nothing answers on 127.0.0.1:$1" >&2
+  exit 1
+}
+
+# callgrind_total FILE: the instructions callgrind counted (its summary).
+callgrind_total() {
+  awk '/^(summary|totals):/ {print $2; exit}' "$1"
+}
+
 # start_nchan: starts nginx with nchan (configs/nchan.conf) on a free
 # loopback port; sets NGINX_PID, NCHAN_PORT and NCHAN_WORKERS (the worker
 # pids, where the subscribers live). Returns 1, with a note, when nginx or
@@ -62,7 +83,7 @@ start_nchan() {
   fi
   local dir
   dir="$(mktemp -d -t bench-nchan.XXXXXX)"
-  NCHAN_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  NCHAN_PORT="$(free_port)"
   sed "s/PORT/$NCHAN_PORT/" "$BENCH_DIR/configs/nchan.conf" > "$dir/nginx.conf"
   sed -i "1i load_module /usr/lib/nginx/modules/ngx_nchan_module.so;" "$dir/nginx.conf"
   nginx -p "$dir" -c "$dir/nginx.conf" -g "daemon off;" &
