@@ -6,16 +6,20 @@
 //! suite (`tests/bus.rs`); two gateway processes on the example config are
 //! in `gateway/tests/instances.rs`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use gateway_tests::bus::rabbitmq::RabbitEngine;
+use gateway_tests::bus::rabbitmq::{RabbitEngine, STREAM_PORT};
 use gateway_tests::bus::{
     Engine, gateway, gateway_with, lines, publish, refused, request, take, within,
 };
 use gateway_tests::{client, numbers as ns, sse_events, within_for};
 use rabbitmq_stream_client::types::Message;
 use serde_json::json;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
 
 /// The stream's subscriptions on the shared node, as `rabbitmq-streams`
 /// lists them; `None` when the listing failed (RabbitMQ 3.10's listing
@@ -168,6 +172,59 @@ async fn a_missing_stream_is_404_unless_create_declares_it() {
     assert_eq!(ns(&take(&mut got, 1).await), [0]);
     // Now it exists, the strict gateway reads it too.
     assert_eq!(request(&strict, "nobody", None).await.status(), 200);
+}
+
+/// A loopback proxy to the shared stream port that closes its first
+/// connection when the client's first frame (its peer properties) arrives,
+/// as RabbitMQ 3.10 ends every stream connection still in its handshake
+/// while `rabbitmq-streams list_stream_consumers` runs; the connections
+/// after it pass through. Its port, and how many connections it took.
+async fn closing_the_first_handshake() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("an address").port();
+    let taken = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&taken);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                let mut frame = [0; 512];
+                let _ = client.read(&mut frame).await;
+                continue;
+            }
+            tokio::spawn(async move {
+                let Ok(mut node) = TcpStream::connect(("127.0.0.1", STREAM_PORT)).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut node).await;
+            });
+        }
+    });
+    (port, taken)
+}
+
+/// A connection RabbitMQ closed in its handshake is made again: the
+/// request it was for is answered. Before, the request failed
+/// (`cannot connect: Connection closed`, a 503 to a client), which the
+/// listing in the test above did to the churn test below now and then.
+#[tokio::test]
+async fn a_connection_closed_in_its_handshake_is_made_again() {
+    let engine = RabbitEngine::shared("handshake").await;
+    let (port, taken) = closing_the_first_handshake().await;
+    let mut backend = engine.backend();
+    backend["port"] = json!(port);
+    let config: backends::BackendConfig =
+        serde_json::from_value(backend).expect("a backend config");
+    let log = config.job_log().expect("a bus");
+    let ctx = backends::RequestContext {
+        params: [("room".to_string(), "lobby".to_string())].into(),
+        ..Default::default()
+    };
+    let key = log.key(&ctx).expect("a key");
+    within("a read", log.first(&key))
+        .await
+        .expect("read on a second connection");
+    assert_eq!(taken.load(Ordering::SeqCst), 2, "connections made");
+    assert_eq!(log.stats().snapshot().reconnects, 0);
 }
 
 /// A publish, then at once a read of the stream's first entry, over and

@@ -49,7 +49,9 @@
 //!   needs it.
 //! - While RabbitMQ is away, requests are answered 503 after at most
 //!   `connect_timeout`; readers connect again with backoff, check the
-//!   stream's bounds, and go on after the last offset they delivered.
+//!   stream's bounds, and go on after the last offset they delivered. A
+//!   connection RabbitMQ closes during its handshake is tried again (three
+//!   handshakes at most, within `connect_timeout`).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -410,6 +412,11 @@ struct Session {
 /// this way gives its handles back as soon as its last request is done.
 const RETIRE_AFTER: u64 = 128;
 
+/// Handshakes a connection is tried with when RabbitMQ closes it during
+/// one (see [`Session::connect`]), within `connect_timeout` in all; a
+/// refused or timed-out connection is not tried again.
+const HANDSHAKES: u32 = 3;
+
 /// The publisher reference [`Session::round_trip`] asks about.
 const BARRIER: &str = "gateway-round-trip";
 
@@ -444,10 +451,23 @@ impl Session {
         options: &ClientOptions,
         timeout: Duration,
     ) -> Result<Arc<Self>, BackendError> {
-        let client = match tokio::time::timeout(timeout, Client::connect(options.clone())).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(unavailable("cannot connect", e)),
-            Err(_) => return Err(unavailable("cannot connect", "timed out")),
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut attempts = 0;
+        let client = loop {
+            attempts += 1;
+            match tokio::time::timeout_at(deadline, Client::connect(options.clone())).await {
+                Ok(Ok(client)) => break client,
+                // Closed by RabbitMQ during the handshake: made again.
+                // RabbitMQ 3.10 ends every stream connection still in its
+                // handshake when consumers are listed
+                // (`rabbitmq-streams list_stream_consumers`): a
+                // `function_clause` in `rabbit_stream_reader`.
+                Ok(Err(ClientError::ConnectionClosed)) if attempts < HANDSHAKES => {
+                    tracing::debug!(attempts, "RabbitMQ closed a connection in its handshake");
+                }
+                Ok(Err(e)) => return Err(unavailable("cannot connect", e)),
+                Err(_) => return Err(unavailable("cannot connect", "timed out")),
+            }
         };
         let routes = Arc::new(Mutex::new(Routes::default()));
         let handler = {
