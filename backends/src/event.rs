@@ -150,6 +150,7 @@ impl Data {
     pub(crate) fn json_text(text: impl AsRef<str>) -> Self {
         let text = text.as_ref();
         debug_assert!(crate::json::check(text.as_bytes()).is_ok(), "{text}");
+        debug_assert!(!text.contains(['\r', '\n']), "not compact: {text}");
         Self(Repr::Json(Arc::from(text)))
     }
 

@@ -6,13 +6,15 @@
 //! timestamp lets a load generator measure delivery latency. A client that
 //! resumes with `Last-Event-ID: n` continues with `n + 1`.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Interval, MissedTickBehavior};
 
 use crate::problem::Problem;
 use crate::{Backend, BackendError, Data, Event, EventStream, RequestContext};
@@ -110,28 +112,59 @@ impl Backend for Ticker {
             timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
             timer
         });
-        // A generator keeps its state in place (an unfold moves it in and
-        // out of a new future per event), and the text of each event is
-        // written into one buffer kept for the stream: an event costs two
-        // allocations, its data and its id.
-        let stream = async_stream::stream! {
-            let mut text = String::new();
-            let mut timer = timer;
-            for seq in first..=last {
-                match timer.as_mut() {
-                    Some(timer) => {
-                        timer.tick().await;
-                    }
-                    // Without a pause, let other tasks run once this task
-                    // has used its share of work (tokio's budget), not
-                    // after every event: events ready together go out in
-                    // one write.
-                    None => tokio::task::coop::consume_budget().await,
-                }
-                yield Ok(tick(seq, Arc::clone(&name), &pad, &mut text));
+        Ok(Ticks {
+            next: first,
+            last,
+            done: false,
+            timer,
+            name,
+            pad,
+            text: String::new(),
+        }
+        .boxed())
+    }
+}
+
+/// A ticker's events `next..=last`. A stream of its own rather than a
+/// generator: its state stays in place and each event is returned, not
+/// handed over through a slot (a generator's poll cost a twelfth of a
+/// firehose event's instructions). The text of each event is written into
+/// one buffer kept for the stream: an event costs two allocations, its data
+/// and its id.
+struct Ticks {
+    next: u64,
+    last: u64,
+    done: bool,
+    timer: Option<Interval>,
+    name: Arc<str>,
+    pad: Arc<str>,
+    text: String,
+}
+
+impl Stream for Ticks {
+    type Item = Result<Event, BackendError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.timer.as_mut() {
+            Some(timer) => {
+                ready!(timer.poll_tick(cx));
             }
-        };
-        Ok(stream.boxed())
+            // Without a pause, let other tasks run once this task has used
+            // its share of work (tokio's budget), not after every event:
+            // events ready together go out in one write.
+            None => ready!(tokio::task::coop::poll_proceed(cx)).made_progress(),
+        }
+        let seq = this.next;
+        match seq.checked_add(1).filter(|next| *next <= this.last) {
+            Some(next) => this.next = next,
+            None => this.done = true,
+        }
+        let event = tick(seq, Arc::clone(&this.name), &this.pad, &mut this.text);
+        Poll::Ready(Some(Ok(event)))
     }
 }
 
@@ -163,6 +196,28 @@ fn tick(seq: u64, name: Arc<str>, pad: &str, text: &mut String) -> Event {
 mod tests {
     use super::*;
     use tokio::time::Instant;
+
+    /// With no interval, the reading task lets others run at the end of
+    /// its budget (tokio's 128 units), not after every event, nor never.
+    #[tokio::test]
+    async fn without_a_pause_it_lets_other_tasks_run_now_and_then() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let ticker = Ticker::new(TickerConfig {
+            interval: Duration::ZERO,
+            ..TickerConfig::default()
+        });
+        let mut events = ticker.open(&RequestContext::default()).await.unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ran);
+        tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+        let mut read = 0;
+        while !ran.load(Ordering::SeqCst) {
+            events.next().await.expect("endless").expect("an event");
+            read += 1;
+            assert!(read < 1_000, "the other task never ran");
+        }
+        assert!(read >= 100, "it gave way after {read} events");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn ticks_at_the_interval_and_stops_at_count() {

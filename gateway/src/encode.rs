@@ -155,6 +155,13 @@ impl Encoder {
                     write_envelope(buf, event, id)
                 });
             }
+            // JSON data is compact, one line (see `Data`): no scan for
+            // line breaks.
+            (Format::Sse, false) if event.data.is_json() => {
+                sse::write_event_line(buf, id, event.name.as_deref(), |buf| {
+                    buf.put_slice(event.data.as_str().as_bytes())
+                });
+            }
             (Format::Sse, false) => {
                 sse::write_event(buf, id, event.name.as_deref(), event.data.as_str());
             }
@@ -261,6 +268,12 @@ mod tests {
         assert_eq!(
             encode(Format::Sse, false, &sample(), Some("3")),
             "id: 3\nevent: data\ndata: {\"token\":\"a\\nb\"}\n\n"
+        );
+        // JSON is one data line, unscanned: it arrives compacted.
+        let pretty = Event::new(Data::parse_json("{\n  \"a\": [1,\r\n 2]\n}").unwrap());
+        assert_eq!(
+            encode(Format::Sse, false, &pretty, None),
+            "data: {\"a\":[1,2]}\n\n"
         );
         let text = Event::new(Data::text("x\ny"));
         assert_eq!(encode(Format::Ndjson, false, &text, None), "\"x\\ny\"\n");

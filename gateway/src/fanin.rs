@@ -16,17 +16,18 @@ pub type Tagged = (usize, Result<Event, BackendError>);
 /// The merged events of a route's backends. It ends when every backend has
 /// ended; dropping it drops, and so stops, every backend's stream.
 ///
-/// A single backend's stream is read as it is: merging costs an allocation
-/// per event (`SelectAll` re-queues the stream after each item).
+/// A single backend's stream is read as it is, tagged as it is polled:
+/// merging costs an allocation per event (`SelectAll` re-queues the stream
+/// after each item), and a `map` around it one more call.
 pub enum Merged {
-    One(BoxStream<'static, Tagged>),
+    One(usize, EventStream),
     Many(SelectAll<BoxStream<'static, Tagged>>),
 }
 
 impl std::fmt::Debug for Merged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::One(_) => f.write_str("Merged::One"),
+            Self::One(..) => f.write_str("Merged::One"),
             Self::Many(all) => write!(f, "Merged::Many({})", all.len()),
         }
     }
@@ -37,7 +38,9 @@ impl Stream for Merged {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Tagged>> {
         match self.get_mut() {
-            Self::One(stream) => stream.poll_next_unpin(cx),
+            Self::One(index, stream) => stream
+                .poll_next_unpin(cx)
+                .map(|item| item.map(|item| (*index, item))),
             Self::Many(all) => all.poll_next_unpin(cx),
         }
     }
@@ -76,7 +79,7 @@ pub async fn open(
                 )),
             }
         });
-    let opened: Vec<(usize, EventStream)> = future::try_join_all(opening)
+    let mut opened: Vec<(usize, EventStream)> = future::try_join_all(opening)
         .await?
         .into_iter()
         .flatten()
@@ -84,13 +87,12 @@ pub async fn open(
     if opened.is_empty() {
         return Err((None, BackendError::finished()));
     }
-    let mut tagged: Vec<BoxStream<'static, Tagged>> = opened
+    if opened.len() == 1 {
+        let (index, stream) = opened.remove(0);
+        return Ok(Merged::One(index, stream));
+    }
+    let tagged = opened
         .into_iter()
-        .map(|(index, stream)| stream.map(move |item| (index, item)).boxed())
-        .collect();
-    Ok(if tagged.len() == 1 {
-        Merged::One(tagged.remove(0))
-    } else {
-        Merged::Many(futures::stream::select_all(tagged))
-    })
+        .map(|(index, stream)| stream.map(move |item| (index, item)).boxed());
+    Ok(Merged::Many(futures::stream::select_all(tagged)))
 }
