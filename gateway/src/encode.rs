@@ -130,6 +130,11 @@ impl Encoder {
         }
     }
 
+    /// Whether events are written with their source (an envelope).
+    pub fn names_source(&self) -> bool {
+        self.envelope
+    }
+
     /// What starts every stream: SSE's reconnection delay; nothing in NDJSON.
     pub fn preamble(&self, buf: &mut BytesMut) {
         if self.format == Format::Sse {

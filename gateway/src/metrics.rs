@@ -390,10 +390,10 @@ pub struct StreamMetrics {
 }
 
 impl StreamMetrics {
-    /// Backend `index` sent an event.
-    pub fn event(&mut self, index: usize) {
+    /// Backend `index` sent `count` events.
+    pub fn events(&mut self, index: usize, count: u64) {
         if let Some(counter) = self.events.get(index) {
-            counter.inc();
+            counter.inc_by(count);
         }
         if let Some(first) = self.first_event.take() {
             first.observe(self.requested.elapsed().as_secs_f64());

@@ -277,17 +277,43 @@ impl Session {
     /// Moves every event that is ready into `buf`; `now` is the poll's time
     /// (events ready together arrive together: one clock read for all).
     fn drain(&mut self, cx: &mut Context<'_>, buf: &mut Chunk, now: Instant) {
+        // The events counted per run of one backend's: one atomic add for
+        // the events of a poll, not one per event.
+        let mut run = (0, 0);
+        self.drain_counting(cx, buf, now, &mut run);
+        if run.1 > 0 {
+            self.metrics.events(run.0, run.1);
+        }
+    }
+
+    /// [`drain`](Self::drain), counting the events of the current run of
+    /// one backend's in `run` (its index, its count).
+    fn drain_counting(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut Chunk,
+        now: Instant,
+        run: &mut (usize, u64),
+    ) {
         while buf.len() < BATCH_BYTES {
             match Pin::new(&mut self.events).poll_next(cx) {
                 Poll::Ready(Some((index, Ok(mut event)))) => {
-                    event.source = Arc::clone(&self.route.sources[index]);
+                    // Only an envelope writes the source: stamped for it
+                    // alone (two reference counts per event otherwise).
+                    if self.encoder.names_source() {
+                        event.source = Arc::clone(&self.route.sources[index]);
+                    }
                     // An empty id would reset a browser's last id: it is none.
                     let id = event.id.as_ref().filter(|id| !id.is_empty());
                     if !self.write(buf, index, id, &event) {
                         return;
                     }
                     self.events_sent += 1;
-                    self.metrics.event(index);
+                    if run.0 != index && run.1 > 0 {
+                        self.metrics.events(run.0, run.1);
+                        run.1 = 0;
+                    }
+                    *run = (index, run.1 + 1);
                     self.last_event = now;
                 }
                 Poll::Ready(Some((index, Err(error)))) => {
@@ -336,9 +362,9 @@ impl Session {
         let budgeted = self.max_bytes != u64::MAX;
         let (before, cursor) = (buf.len(), budgeted.then(|| self.cursor.clone()));
         let id = id.map(|id| self.cursor.advance(index, id));
-        match self.encoder.shared(event, id.as_ref()) {
+        match self.encoder.shared(event, id) {
             Some(bytes) => buf.push(bytes),
-            None => self.encoder.event(buf.buf(), event, id.as_deref()),
+            None => self.encoder.event(buf.buf(), event, id.map(|id| &**id)),
         }
         if let Some(cursor) = cursor.filter(|_| !self.fits(buf.len())) {
             buf.truncate(before);
