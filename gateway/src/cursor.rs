@@ -108,9 +108,8 @@ impl Cursor {
             // The ids backends use need no escape: one scan says so, and the
             // id is shared as it is (the escaping allocates a copy to
             // compare). A borrowed result may still differ: " " gives "%20".
-            // A fold, not `any`: no branch per byte, and it vectorizes.
-            // A plain loop: ids are short, and a vectorized one's set-up
-            // cost more than the whole id (callgrind).
+            // A plain loop, not a fold: ids are short, and a vectorized
+            // fold's set-up cost more than the whole id (callgrind).
             if !id.bytes().any(needs_escape) {
                 return Arc::clone(id);
             }
