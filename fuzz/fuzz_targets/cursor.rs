@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let advances = usize::from(flags >> 5) + 1;
     for (i, id) in f[4..].iter().take(advances).enumerate() {
         let index = (usize::from(flags >> 2) + i) % names.len();
-        sent = Some(cursor.advance(index, &Arc::from(id.as_str())));
+        sent = Some(Arc::clone(cursor.advance(index, &Arc::from(id.as_str()))));
         // An empty id is no position: SSE's `id:` with nothing resets the
         // client's last id, and it resumes from the start.
         expected[index] = Some(id.clone()).filter(|id| !id.is_empty() || names.len() > 1);
