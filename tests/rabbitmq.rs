@@ -174,6 +174,26 @@ async fn a_missing_stream_is_404_unless_create_declares_it() {
     assert_eq!(request(&strict, "nobody", None).await.status(), 200);
 }
 
+/// The job log of the `backend` config (the backend itself, as durable
+/// routes use it), a request for room `lobby`, and that room's key.
+fn lobby_log(
+    backend: serde_json::Value,
+) -> (
+    Arc<dyn backends::durable::JobLog>,
+    backends::RequestContext,
+    String,
+) {
+    let config: backends::BackendConfig =
+        serde_json::from_value(backend).expect("a backend config");
+    let log = config.job_log().expect("a bus");
+    let ctx = backends::RequestContext {
+        params: [("room".to_string(), "lobby".to_string())].into(),
+        ..Default::default()
+    };
+    let key = log.key(&ctx).expect("a key");
+    (log, ctx, key)
+}
+
 /// A loopback proxy to the shared stream port that closes its first
 /// connection when the client's first frame (its peer properties) arrives,
 /// as RabbitMQ 3.10 ends every stream connection still in its handshake
@@ -212,14 +232,7 @@ async fn a_connection_closed_in_its_handshake_is_made_again() {
     let (port, taken) = closing_the_first_handshake().await;
     let mut backend = engine.backend();
     backend["port"] = json!(port);
-    let config: backends::BackendConfig =
-        serde_json::from_value(backend).expect("a backend config");
-    let log = config.job_log().expect("a bus");
-    let ctx = backends::RequestContext {
-        params: [("room".to_string(), "lobby".to_string())].into(),
-        ..Default::default()
-    };
-    let key = log.key(&ctx).expect("a key");
+    let (log, _, key) = lobby_log(backend);
     within("a read", log.first(&key))
         .await
         .expect("read on a second connection");
@@ -244,14 +257,7 @@ async fn a_connection_closed_in_its_handshake_is_made_again() {
 #[tokio::test]
 async fn subscribing_over_and_over_keeps_the_connection_and_the_nodes_files() {
     let engine = RabbitEngine::shared("churn").await;
-    let config: backends::BackendConfig =
-        serde_json::from_value(engine.backend()).expect("a backend config");
-    let log = config.job_log().expect("a bus");
-    let ctx = backends::RequestContext {
-        params: [("room".to_string(), "lobby".to_string())].into(),
-        ..Default::default()
-    };
-    let key = log.key(&ctx).expect("a key");
+    let (log, ctx, key) = lobby_log(engine.backend());
     let event = backends::publish::Publication {
         data: backends::Data::json(&json!({"n": 1})),
         name: None,

@@ -277,24 +277,9 @@ impl Session {
     /// Moves every event that is ready into `buf`; `now` is the poll's time
     /// (events ready together arrive together: one clock read for all).
     fn drain(&mut self, cx: &mut Context<'_>, buf: &mut Chunk, now: Instant) {
-        // The events counted per run of one backend's: one atomic add for
-        // the events of a poll, not one per event.
+        // The events counted per run of one backend's (its index, its
+        // count): one atomic add for the events of a poll, not one per event.
         let mut run = (0, 0);
-        self.drain_counting(cx, buf, now, &mut run);
-        if run.1 > 0 {
-            self.metrics.events(run.0, run.1);
-        }
-    }
-
-    /// [`drain`](Self::drain), counting the events of the current run of
-    /// one backend's in `run` (its index, its count).
-    fn drain_counting(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut Chunk,
-        now: Instant,
-        run: &mut (usize, u64),
-    ) {
         while buf.len() < BATCH_BYTES {
             match Pin::new(&mut self.events).poll_next(cx) {
                 Poll::Ready(Some((index, Ok(mut event)))) => {
@@ -306,14 +291,14 @@ impl Session {
                     // An empty id would reset a browser's last id: it is none.
                     let id = event.id.as_ref().filter(|id| !id.is_empty());
                     if !self.write(buf, index, id, &event) {
-                        return;
+                        break;
                     }
                     self.events_sent += 1;
                     if run.0 != index && run.1 > 0 {
                         self.metrics.events(run.0, run.1);
                         run.1 = 0;
                     }
-                    *run = (index, run.1 + 1);
+                    run = (index, run.1 + 1);
                     self.last_event = now;
                 }
                 Poll::Ready(Some((index, Err(error)))) => {
@@ -332,19 +317,22 @@ impl Session {
                     let resume_id = resume.as_ref().map(|id| self.cursor.peek(index, id));
                     let event = error_event(&source, &error, resume_id.as_deref());
                     if !self.write(buf, index, resume.as_ref(), &event) {
-                        return;
+                        break;
                     }
                     if self.route.on_error == ErrorPolicy::Abort {
                         self.close(buf, CloseReason::Error);
-                        return;
+                        break;
                     }
                 }
                 Poll::Ready(None) => {
                     self.backends_done = true;
-                    return;
+                    break;
                 }
-                Poll::Pending => return,
+                Poll::Pending => break,
             }
+        }
+        if run.1 > 0 {
+            self.metrics.events(run.0, run.1);
         }
     }
 

@@ -74,7 +74,7 @@ pub fn write_retry(buf: &mut BytesMut, millis: u128) {
 /// A comment, which clients ignore: used as the heartbeat.
 pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
-// Inlined: the field's constant length makes its copy a move, not a call.
+// Inlined, so that each call's field is a constant of known length.
 #[inline]
 fn write_single_line(buf: &mut BytesMut, field: &[u8], value: &str) {
     buf.put_slice(field);
