@@ -46,6 +46,8 @@ pub struct Route {
     pub max_idle: Duration,
     /// Longest time the backends may take to open.
     pub open_timeout: Duration,
+    /// How long an event may wait to be written with the ones after it.
+    pub write_delay: Duration,
     /// Request headers passed to the backends.
     pub pass_headers: Vec<HeaderName>,
     /// Headers added to every stream response.
@@ -159,6 +161,7 @@ impl Route {
             max_lifetime: config.max_lifetime,
             max_idle: config.max_idle,
             open_timeout: config.open_timeout,
+            write_delay: config.write_delay,
             pass_headers,
             response_headers,
             cors: config

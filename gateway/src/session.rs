@@ -2,7 +2,10 @@
 //! bytes, and adds what the backends do not know about.
 //!
 //! - Events are written as soon as they come; whatever is ready at once is
-//!   sent in one chunk (at most [`BATCH_BYTES`]), nothing waits for more.
+//!   sent in one chunk (at most [`BATCH_BYTES`]), nothing waits for more;
+//!   unless the route has a `write_delay`: then the first event after a
+//!   write waits up to that long (never past the next heartbeat), and what
+//!   comes meanwhile is read only then, and goes with it.
 //! - A heartbeat goes out after `heartbeat` of silence.
 //! - After `max_lifetime`, after `max_idle` without an event, on shutdown,
 //!   when the client's token expires, or before its body passes its byte
@@ -141,6 +144,9 @@ pub struct Session {
     credential_ends: Option<Instant>,
     last_event: Instant,
     last_write: Instant,
+    /// What waits for the route's `write_delay` to pass, and when it goes.
+    held: Chunk,
+    flush_at: Option<Instant>,
     started: bool,
     backends_done: bool,
     end: Option<End>,
@@ -203,6 +209,8 @@ impl Session {
             credential_ends: None,
             last_event: now,
             last_write: now,
+            held: Chunk::Empty,
+            flush_at: None,
             started: false,
             backends_done: false,
             end: None,
@@ -267,16 +275,42 @@ impl Session {
     }
 
     fn next_deadline(&self) -> Instant {
-        self.credential_ends
+        let due = self
+            .credential_ends
             .unwrap_or(self.lifetime_ends)
             .min(self.lifetime_ends)
             .min(self.last_event + self.route.max_idle)
-            .min(self.last_write + self.route.heartbeat)
+            .min(self.last_write + self.route.heartbeat);
+        self.flush_at.map_or(due, |at| due.min(at))
     }
 
-    /// Moves every event that is ready into `buf`; `now` is the poll's time
-    /// (events ready together arrive together: one clock read for all).
-    fn drain(&mut self, cx: &mut Context<'_>, buf: &mut Chunk, now: Instant) {
+    /// Whether `buf` waits for the route's `write_delay` (moved to `held`):
+    /// only once the stream has started, while it goes on, and while the
+    /// chunk has room. It waits from its first event, and never past the
+    /// next heartbeat.
+    fn hold(&mut self, buf: &mut Chunk, now: Instant) -> bool {
+        let delay = self.route.write_delay;
+        if delay.is_zero()
+            || self.bytes_sent == 0
+            || self.end.is_some()
+            || self.backends_done
+            || buf.len() >= BATCH_BYTES
+        {
+            return false;
+        }
+        let heartbeat = self.last_write + self.route.heartbeat;
+        let at = *self.flush_at.get_or_insert((now + delay).min(heartbeat));
+        if now >= at {
+            return false;
+        }
+        self.held = std::mem::take(buf);
+        true
+    }
+
+    /// Moves every event that is ready into `buf` (only the first, when
+    /// `one`); `now` is the poll's time (events ready together arrive
+    /// together: one clock read for all).
+    fn drain(&mut self, cx: &mut Context<'_>, buf: &mut Chunk, now: Instant, one: bool) {
         // The events counted per run of one backend's (its index, its
         // count): one atomic add for the events of a poll, not one per event.
         let mut run = (0, 0);
@@ -330,6 +364,9 @@ impl Session {
                 }
                 Poll::Pending => break,
             }
+            if one {
+                break;
+            }
         }
         if run.1 > 0 {
             self.metrics.events(run.0, run.1);
@@ -370,6 +407,7 @@ impl Session {
 
     /// Sends `chunk`, written at `now`.
     fn emit(&mut self, chunk: Bytes, now: Instant) -> Poll<Option<Result<Bytes, Infallible>>> {
+        self.flush_at = None;
         self.bytes_sent += chunk.len() as u64;
         self.metrics.bytes(chunk.len());
         self.last_write = now;
@@ -393,88 +431,112 @@ impl Stream for Session {
 impl Session {
     fn poll_in_span(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Infallible>>> {
         let this = self;
-        if this.end.is_some() {
-            return Poll::Ready(None);
-        }
-        // One clock read serves the poll.
-        let now = Instant::now();
-        let mut buf = Chunk::Empty;
-        if !this.started {
-            this.started = true;
-            this.encoder.preamble(buf.buf());
-        }
-        if Pin::new(&mut this.shutdown).poll(cx).is_ready() {
-            this.close(&mut buf, CloseReason::Shutdown);
-            return this.emit(buf.freeze(), now);
-        }
-        if !this.backends_done {
-            this.drain(cx, &mut buf, now);
-            // A backend that always has an event ready would otherwise keep
-            // the timer below from ever being looked at.
-            if this.end.is_none() && this.credential_expired(now) {
-                this.close(&mut buf, CloseReason::CredentialExpired);
-            } else if this.end.is_none() && now >= this.lifetime_ends {
-                this.close(&mut buf, CloseReason::Lifetime);
+        'poll: loop {
+            if this.end.is_some() {
+                return Poll::Ready(None);
             }
-        }
-        if this.backends_done && this.end.is_none() {
-            // A body is never empty: an NDJSON stream with no event says so.
-            if this.bytes_sent == 0 && buf.is_empty() {
-                this.close(&mut buf, CloseReason::Empty);
-            } else {
-                this.end = Some(End::Complete);
+            // One clock read serves the poll.
+            let now = Instant::now();
+            // What waited for the write delay goes first.
+            let mut buf = std::mem::take(&mut this.held);
+            if !this.started {
+                this.started = true;
+                this.encoder.preamble(buf.buf());
             }
-        }
-        if !buf.is_empty() {
-            return this.emit(buf.freeze(), now);
-        }
-        if this.end.is_some() {
-            return Poll::Ready(None);
-        }
-        loop {
-            let due = this.next_deadline();
-            if due < this.timer.deadline() {
+            if Pin::new(&mut this.shutdown).poll(cx).is_ready() {
+                this.close(&mut buf, CloseReason::Shutdown);
+                return this.emit(buf.freeze(), now);
+            }
+            if !this.backends_done {
+                // While events wait for the write delay, those after them
+                // wait in their backends, unread (no wake-up for each); the
+                // first event after a write is read alone, to wait.
+                let holding = this.flush_at.is_some_and(|at| now < at);
+                if !holding {
+                    let one = !this.route.write_delay.is_zero() && this.flush_at.is_none();
+                    this.drain(cx, &mut buf, now, one);
+                }
+                // A backend that always has an event ready would otherwise keep
+                // the timer below from ever being looked at.
+                if this.end.is_none() && this.credential_expired(now) {
+                    this.close(&mut buf, CloseReason::CredentialExpired);
+                } else if this.end.is_none() && now >= this.lifetime_ends {
+                    this.close(&mut buf, CloseReason::Lifetime);
+                }
+            }
+            if this.backends_done && this.end.is_none() {
+                // A body is never empty: an NDJSON stream with no event says so.
+                if this.bytes_sent == 0 && buf.is_empty() {
+                    this.close(&mut buf, CloseReason::Empty);
+                } else {
+                    this.end = Some(End::Complete);
+                }
+            }
+            if !buf.is_empty() && !this.hold(&mut buf, now) {
+                return this.emit(buf.freeze(), now);
+            }
+            if this.end.is_some() {
+                return Poll::Ready(None);
+            }
+            loop {
+                let due = this.next_deadline();
+                if due < this.timer.deadline() {
+                    this.timer.as_mut().reset(due);
+                    this.timer_waker = None;
+                }
+                let waiting = this
+                    .timer_waker
+                    .as_ref()
+                    .is_some_and(|waker| waker.will_wake(cx.waker()));
+                if waiting && now < this.timer.deadline() {
+                    return Poll::Pending;
+                }
+                if this.timer.as_mut().poll(cx).is_pending() {
+                    if !waiting {
+                        this.timer_waker = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+                this.timer_waker = None;
+                let now = Instant::now();
+                if !this.held.is_empty() {
+                    // What waited goes when its flush is due, or before the
+                    // stream ends; no other deadline comes first (it is
+                    // flushed by the next heartbeat, `write_delay` is under
+                    // `max_idle`): the poll again, with what waited.
+                    if this.flush_at.is_some_and(|at| now >= at)
+                        || now >= this.lifetime_ends
+                        || this.credential_expired(now)
+                    {
+                        continue 'poll;
+                    }
+                    this.timer.as_mut().reset(due);
+                    continue;
+                }
+                if this.credential_expired(now) {
+                    this.close(&mut buf, CloseReason::CredentialExpired);
+                    return this.emit(buf.freeze(), now);
+                }
+                if now >= this.lifetime_ends {
+                    this.close(&mut buf, CloseReason::Lifetime);
+                    return this.emit(buf.freeze(), now);
+                }
+                if now >= this.last_event + this.route.max_idle {
+                    this.close(&mut buf, CloseReason::Idle);
+                    return this.emit(buf.freeze(), now);
+                }
+                if now >= this.last_write + this.route.heartbeat {
+                    let heartbeat = this.encoder.heartbeat();
+                    if !this.fits(heartbeat.len()) {
+                        this.close(&mut buf, CloseReason::ResponseCap);
+                        return this.emit(buf.freeze(), now);
+                    }
+                    return this.emit(heartbeat, now);
+                }
+                // Fired early: activity moved the deadline later.
                 this.timer.as_mut().reset(due);
                 this.timer_waker = None;
             }
-            let waiting = this
-                .timer_waker
-                .as_ref()
-                .is_some_and(|waker| waker.will_wake(cx.waker()));
-            if waiting && now < this.timer.deadline() {
-                return Poll::Pending;
-            }
-            if this.timer.as_mut().poll(cx).is_pending() {
-                if !waiting {
-                    this.timer_waker = Some(cx.waker().clone());
-                }
-                return Poll::Pending;
-            }
-            this.timer_waker = None;
-            let now = Instant::now();
-            if this.credential_expired(now) {
-                this.close(&mut buf, CloseReason::CredentialExpired);
-                return this.emit(buf.freeze(), now);
-            }
-            if now >= this.lifetime_ends {
-                this.close(&mut buf, CloseReason::Lifetime);
-                return this.emit(buf.freeze(), now);
-            }
-            if now >= this.last_event + this.route.max_idle {
-                this.close(&mut buf, CloseReason::Idle);
-                return this.emit(buf.freeze(), now);
-            }
-            if now >= this.last_write + this.route.heartbeat {
-                let heartbeat = this.encoder.heartbeat();
-                if !this.fits(heartbeat.len()) {
-                    this.close(&mut buf, CloseReason::ResponseCap);
-                    return this.emit(buf.freeze(), now);
-                }
-                return this.emit(heartbeat, now);
-            }
-            // Fired early: activity moved the deadline later.
-            this.timer.as_mut().reset(due);
-            this.timer_waker = None;
         }
     }
 }
@@ -524,6 +586,24 @@ pub(crate) mod tests {
         format: Format,
         made: impl FnOnce(Session) -> Session,
     ) -> (String, Duration) {
+        let start = Instant::now();
+        let chunks = written(config, steps, format, made, None).await;
+        (
+            chunks.into_iter().map(|(_, c)| c).collect(),
+            start.elapsed(),
+        )
+    }
+
+    /// Streams as [`run`] does, the gateway's shutdown beginning at
+    /// `shutdown_at` if given; returns each chunk the session wrote, with
+    /// when it wrote it.
+    async fn written(
+        config: crate::config::RouteConfig,
+        steps: Vec<Step>,
+        format: Format,
+        made: impl FnOnce(Session) -> Session,
+        shutdown_at: Option<Duration>,
+    ) -> Vec<(Duration, String)> {
         let backend: Arc<dyn backends::Backend> = Arc::new(Mock::new(steps));
         let route = Arc::new(Route::new("r", &config, vec![("b".into(), backend)]).unwrap());
         let events = crate::fanin::open(&route, &[backends::RequestContext::default()])
@@ -534,6 +614,13 @@ pub(crate) mod tests {
             .try_acquire_owned()
             .unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();
+        if let Some(at) = shutdown_at {
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(at).await;
+                token.cancel();
+            });
+        }
         let start = Instant::now();
         let metrics = crate::metrics::Metrics::new([route.as_ref()]).stream(&route, format, start);
         let session = Session::new(
@@ -546,8 +633,148 @@ pub(crate) mod tests {
             permit,
             metrics,
         );
-        let chunks: Vec<_> = made(session).map(|c| c.unwrap()).collect().await;
-        (String::from_utf8(chunks.concat()).unwrap(), start.elapsed())
+        made(session)
+            .map(|c| {
+                (
+                    start.elapsed(),
+                    String::from_utf8(c.unwrap().to_vec()).unwrap(),
+                )
+            })
+            .collect()
+            .await
+    }
+
+    /// Events `{"n":N}` for each `N` of `numbers`, each after its own gate,
+    /// then nothing more; and the gates, to open in order.
+    fn gated(numbers: std::ops::RangeInclusive<u64>) -> (Vec<Step>, Vec<Arc<tokio::sync::Notify>>) {
+        let mut steps = Vec::new();
+        let mut gates = Vec::new();
+        for n in numbers {
+            let gate = Arc::new(tokio::sync::Notify::new());
+            steps.push(Step::Gate(Arc::clone(&gate)));
+            steps.push(Step::Event(event(&n.to_string(), "e", json!({ "n": n }))));
+            gates.push(gate);
+        }
+        steps.push(Step::Pending);
+        (steps, gates)
+    }
+
+    /// Opens each gate at its time (from now).
+    fn open_at(gates: Vec<Arc<tokio::sync::Notify>>, times_ms: &[u64]) {
+        let times: Vec<_> = times_ms.iter().map(|&t| Duration::from_millis(t)).collect();
+        let start = Instant::now();
+        tokio::spawn(async move {
+            for (gate, at) in gates.into_iter().zip(times) {
+                tokio::time::sleep_until(start + at).await;
+                gate.notify_one();
+            }
+        });
+    }
+
+    /// The chunks' times in milliseconds, and their events' numbers (the
+    /// final event as 0).
+    fn timeline(chunks: &[(Duration, String)]) -> Vec<(u128, Vec<u64>)> {
+        chunks
+            .iter()
+            .map(|(at, chunk)| {
+                let numbers = chunk
+                    .lines()
+                    .map(|line| {
+                        serde_json::from_str::<Value>(line).unwrap()["n"]
+                            .as_u64()
+                            .unwrap_or(0)
+                    })
+                    .collect();
+                (at.as_millis(), numbers)
+            })
+            .collect()
+    }
+
+    /// With a `write_delay`, the first event after a write waits for it and
+    /// what comes meanwhile goes in the same write; the stream's first
+    /// event goes at once, the wait ends by the next heartbeat, and the
+    /// backend is not read while events wait. Without one, every event is
+    /// written as it comes.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_delay_gathers_what_comes_within_it() {
+        let times = [0, 1000, 1010, 1020, 2000, 2100, 2900];
+        // (write delay in ms, the chunks' times in ms and their events)
+        type Expected = &'static [(u128, &'static [u64])];
+        let cases: [(u64, Expected); 2] = [
+            (
+                50,
+                &[
+                    (0, &[1]),
+                    (1050, &[2, 3, 4]),
+                    (2050, &[5]),
+                    (2150, &[6]),
+                    (2950, &[7]),
+                    (3000, &[0]),
+                ],
+            ),
+            (
+                0,
+                &[
+                    (0, &[1]),
+                    (1000, &[2]),
+                    (1010, &[3]),
+                    (1020, &[4]),
+                    (2000, &[5]),
+                    (2100, &[6]),
+                    (2900, &[7]),
+                    (3000, &[0]),
+                ],
+            ),
+        ];
+        for (delay, expected) in cases {
+            let (steps, gates) = gated(1..=7);
+            open_at(gates, &times);
+            let mut config = crate::config::RouteConfig::new("/s");
+            config.write_delay = Duration::from_millis(delay);
+            config.heartbeat = Duration::from_secs(100);
+            config.max_lifetime = Duration::from_millis(3000);
+            let chunks = written(config, steps, Format::Ndjson, |s| s, None).await;
+            let expected: Vec<_> = expected.iter().map(|(t, n)| (*t, n.to_vec())).collect();
+            assert_eq!(timeline(&chunks), expected, "write_delay {delay} ms");
+        }
+    }
+
+    /// What waits for the write delay is never lost nor reordered: a
+    /// shutdown, the stream's lifetime or the next heartbeat's time sends it
+    /// at once, before anything else.
+    #[tokio::test(start_paused = true)]
+    async fn what_waits_goes_first_when_the_stream_ends_or_a_heartbeat_is_due() {
+        // (shutdown at, lifetime, heartbeat): the second chunk's time.
+        for (shutdown_at, lifetime, heartbeat, at, ends) in [
+            (Some(1020), 5000, 100_000, 1020, true),
+            (None, 1030, 100_000, 1030, true),
+            (None, 5000, 1040, 1040, false),
+        ] {
+            let (steps, gates) = gated(1..=2);
+            open_at(gates, &[0, 1000]);
+            let mut config = crate::config::RouteConfig::new("/s");
+            config.write_delay = Duration::from_millis(500);
+            config.heartbeat = Duration::from_millis(heartbeat);
+            config.max_lifetime = Duration::from_millis(lifetime);
+            let chunks = written(
+                config,
+                steps,
+                Format::Ndjson,
+                |s| s,
+                shutdown_at.map(Duration::from_millis),
+            )
+            .await;
+            let line = timeline(&chunks);
+            let case =
+                format!("shutdown {shutdown_at:?}, lifetime {lifetime}, heartbeat {heartbeat}");
+            assert_eq!(line[0], (0, vec![1]), "{case}");
+            let second: &[u64] = if ends { &[2, 0] } else { &[2] };
+            assert_eq!(line[1], (at, second.to_vec()), "{case}");
+            if !ends {
+                // The heartbeat itself is not sent: the event was the write.
+                assert!(!chunks[1].1.contains("heartbeat"), "{case}: {chunks:?}");
+            }
+        }
     }
 
     /// The ids of the events in an NDJSON or SSE body, and its final

@@ -626,6 +626,7 @@ type = "demo"
 [routes.ok]
 path = "/ok"
 max_idle = "0s"
+write_delay = "500ms"
 [routes.ok.backends.d]
 type = "ticker"
 payload_bytes = 99999999
@@ -656,6 +657,7 @@ payload_bytes = 99999999
             (&file, "routes.api.backends.k.type"),
             (&file, "routes.nopath"),
             (&file, "routes.ok.max_idle"),
+            (&file, "routes.ok.write_delay"),
             (&file, "routes.ok.backends.d.payload_bytes"),
         ]
         .into_iter()
@@ -668,6 +670,7 @@ payload_bytes = 99999999
             "unknown field `bogus`",
             "expected a duration",
             "unknown value \"get\"; expected one of \"GET\"",
+            "must be under heartbeat (15s) and max_idle (0ns)",
             "unknown backend type \"kafka\"; expected one of demo, ticker",
             "missing required key `path`",
             "must be at least 10ms",
