@@ -9,6 +9,8 @@
 # needs nginx and libnginx-mod-nchan (Debian).
 # One command: bash tests/bench/run.sh fanout; then
 # python3 tests/bench/report.py for the table and the plots.
+# WRITE_DELAYS (default "0s") runs the gateway half once per route
+# write_delay; a run with a delay is named gateway_delay_DELAY.
 source "$(dirname "$0")/lib.sh"
 SUBSCRIBER_COUNTS="${SUBSCRIBER_COUNTS:-1000 10000}"
 SATURATE="${SATURATE:-200}"
@@ -35,17 +37,21 @@ run() {
 
 # PEERS_ONLY=1 runs only the nchan half.
 if [ -z "${PEERS_ONLY:-}" ]; then
-  redis-cli -h 127.0.0.1 del bench:fanout >/dev/null
-  start_gateway "$BENCH_DIR/configs/fanout.toml"
   auth="Authorization: Bearer $BENCH_TOKEN"
-  for subscribers in $SUBSCRIBER_COUNTS; do
-    for rate in "$SATURATE" "$STEADY"; do
-      echo "gateway, $rate events/s to $subscribers subscribers:"
-      run "fanout-gateway-$subscribers-$rate" "$subscribers" "http://$GATEWAY_ADDR/bus" \
-        "http://$GATEWAY_ADDR/bus/events" "$rate" "$GATEWAY_PID" --publish-header "$auth"
+  for delay in ${WRITE_DELAYS:-0s}; do
+    name=gateway
+    [ "$delay" = 0s ] || name="gateway_delay_$delay"
+    redis-cli -h 127.0.0.1 del bench:fanout >/dev/null
+    start_gateway "$BENCH_DIR/configs/fanout.toml" "GATEWAY__ROUTES__BUS__WRITE_DELAY=$delay"
+    for subscribers in $SUBSCRIBER_COUNTS; do
+      for rate in "$SATURATE" "$STEADY"; do
+        echo "$name, $rate events/s to $subscribers subscribers:"
+        run "fanout-$name-$subscribers-$rate" "$subscribers" "http://$GATEWAY_ADDR/bus" \
+          "http://$GATEWAY_ADDR/bus/events" "$rate" "$GATEWAY_PID" --publish-header "$auth"
+      done
     done
+    stop_pid "$GATEWAY_PID"
   done
-  stop_pid "$GATEWAY_PID"
 fi
 
 start_nchan || exit 0

@@ -4,7 +4,9 @@
 set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH_DIR/../.." && pwd)"
-RESULTS="$BENCH_DIR/results"
+# BENCH_RESULTS puts a run's reports elsewhere (a side run that should not
+# replace the committed ones).
+RESULTS="${BENCH_RESULTS:-$BENCH_DIR/results}"
 mkdir -p "$RESULTS"
 BIN="$ROOT/target/release"
 export LOADGEN="$BIN/loadgen"

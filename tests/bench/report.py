@@ -16,12 +16,14 @@ Standard library only: python3 tests/bench/report.py
 """
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "tests" / "bench" / "results"
+# BENCH_RESULTS: a side run's reports (as lib.sh takes it).
+RESULTS = Path(os.environ.get("BENCH_RESULTS", ROOT / "tests" / "bench" / "results"))
 COLORS = {"gateway": "#1f6feb", "nchan": "#d1242f", "hyper": "#6e7781", "no HTTP library": "#1a7f37"}
 
 
@@ -218,13 +220,15 @@ def memory_plot(runs):
 
 def main():
     print(table())
+    # A side run's plots go beside its reports, not over the committed ones.
+    out = RESULTS if "BENCH_RESULTS" in os.environ else ROOT
     runs = fanout_runs()
     if runs:
-        (ROOT / "BENCHMARKS-fanout.svg").write_text(fanout_plot(runs))
+        (out / "BENCHMARKS-fanout.svg").write_text(fanout_plot(runs))
     idle = idle_runs()
     if idle:
-        (ROOT / "BENCHMARKS-memory.svg").write_text(memory_plot(idle))
-    print("\nplots: BENCHMARKS-fanout.svg, BENCHMARKS-memory.svg", file=sys.stderr)
+        (out / "BENCHMARKS-memory.svg").write_text(memory_plot(idle))
+    print(f"\nplots: {out}/BENCHMARKS-fanout.svg, {out}/BENCHMARKS-memory.svg", file=sys.stderr)
 
 
 if __name__ == "__main__":
