@@ -147,6 +147,10 @@ pub struct Session {
     /// What waits for the route's `write_delay` to pass, and when it goes.
     held: Chunk,
     flush_at: Option<Instant>,
+    /// Whether the last read of the backends stopped at a full chunk, not
+    /// for want of events: a backlog (a client catching up) is then
+    /// written without waiting.
+    backlog: bool,
     started: bool,
     backends_done: bool,
     end: Option<End>,
@@ -211,6 +215,7 @@ impl Session {
             last_write: now,
             held: Chunk::Empty,
             flush_at: None,
+            backlog: false,
             started: false,
             backends_done: false,
             end: None,
@@ -291,6 +296,7 @@ impl Session {
     fn hold(&mut self, buf: &mut Chunk, now: Instant) -> bool {
         let delay = self.route.write_delay;
         if delay.is_zero()
+            || self.backlog
             || self.bytes_sent == 0
             || self.end.is_some()
             || self.backends_done
@@ -368,6 +374,7 @@ impl Session {
                 break;
             }
         }
+        self.backlog = buf.len() >= BATCH_BYTES;
         if run.1 > 0 {
             self.metrics.events(run.0, run.1);
         }
@@ -453,7 +460,9 @@ impl Session {
                 // first event after a write is read alone, to wait.
                 let holding = this.flush_at.is_some_and(|at| now < at);
                 if !holding {
-                    let one = !this.route.write_delay.is_zero() && this.flush_at.is_none();
+                    let one = !this.route.write_delay.is_zero()
+                        && this.flush_at.is_none()
+                        && !this.backlog;
                     this.drain(cx, &mut buf, now, one);
                 }
                 // A backend that always has an event ready would otherwise keep
@@ -737,6 +746,38 @@ pub(crate) mod tests {
             let expected: Vec<_> = expected.iter().map(|(t, n)| (*t, n.to_vec())).collect();
             assert_eq!(timeline(&chunks), expected, "write_delay {delay} ms");
         }
+    }
+
+    /// A backlog (a client catching up) is not written a chunk per write
+    /// delay: once the delay has passed, chunks that fill up go out one
+    /// after the other, and only the last waits.
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_goes_out_without_waiting_chunk_by_chunk() {
+        let count = 20_000;
+        // Every event is ready from the start.
+        let steps = (1..=count)
+            .map(|n| Step::Event(event(&n.to_string(), "e", json!({ "n": n }))))
+            .chain([Step::Pending])
+            .collect();
+        let mut config = crate::config::RouteConfig::new("/s");
+        config.write_delay = Duration::from_millis(500);
+        config.max_lifetime = Duration::from_secs(10);
+        let chunks = written(config, steps, Format::Ndjson, |s| s, None).await;
+        let line = timeline(&chunks);
+        let numbers: Vec<u64> = line.iter().flat_map(|(_, n)| n.iter().copied()).collect();
+        assert_eq!(numbers, (1..=count).chain([0]).collect::<Vec<_>>());
+        let bytes: usize = chunks.iter().map(|(_, c)| c.len()).sum();
+        assert!(
+            bytes > 3 * BATCH_BYTES,
+            "{bytes} bytes: a backlog of several chunks"
+        );
+        // The first bytes at once, the backlog after one delay, its last
+        // (partial) chunk after another, then the lifetime's end.
+        let times: Vec<u128> = line.iter().map(|(t, _)| *t).collect();
+        assert!(
+            times.iter().all(|t| [0, 500, 1000, 10_000].contains(t)),
+            "{times:?}"
+        );
     }
 
     /// What waits for the write delay is never lost nor reordered: a
