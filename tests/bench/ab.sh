@@ -52,11 +52,7 @@ start_floor() {
   "$BIN/floor" 127.0.0.1:0 "${FLOOR_THREADS:-2}" 2>"$log" &
   GATEWAY_PID=$!
   PIDS+=("$GATEWAY_PID")
-  for _ in $(seq 50); do
-    grep -q "Listening on http://" "$log" && break
-    sleep 0.1
-  done
-  GATEWAY_ADDR="$(grep -o 'Listening on http://[^/]*' "$log" | head -n1 | sed 's|Listening on http://||')"
+  GATEWAY_ADDR="$(listening_addr "$log" floor)" || exit 1
 }
 
 cpu_run() {

@@ -15,8 +15,7 @@ log="$(mktemp -t bench-ceiling.XXXXXX)"
 "$BIN/ceiling" 127.0.0.1:0 "$COUNT" 2>"$log" &
 CEILING_PID=$!
 PIDS+=("$CEILING_PID")
-for _ in $(seq 50); do grep -q Listening "$log" && break; sleep 0.1; done
-addr="$(grep -o 'Listening on http://[^/]*' "$log" | sed 's|Listening on http://||')"
+addr="$(listening_addr "$log" ceiling)" || exit 1
 echo "bare hyper server:"
 "$LOADGEN" "http://$addr/firehose" -c 1 --ts-field "" --watch-pid "$CEILING_PID" \
   --report "$RESULTS/firehose-ceiling.json"

@@ -41,8 +41,7 @@ floor() {
   "$BIN/ceiling" 127.0.0.1:0 0 "${@:2}" 2>"$log" &
   CEILING_PID=$!
   PIDS+=("$CEILING_PID")
-  for _ in $(seq 50); do grep -q Listening "$log" && break; sleep 0.1; done
-  addr="$(grep -o 'Listening on http://[^/]*' "$log" | sed 's|Listening on http://||')"
+  addr="$(listening_addr "$log" ceiling)" || exit 1
   "$LOADGEN" "http://$addr/idle" -c "$CONNECTIONS" --rate 4000 --processes 2 --sources 8 \
     --hold 20s --ts-field "" --watch-pid "$CEILING_PID" --report "$RESULTS/$1"
   stop_pid "$CEILING_PID"

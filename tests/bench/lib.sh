@@ -34,17 +34,24 @@ start_gateway() {
   GATEWAY_PID=$!
   GATEWAY_LOG="$log"
   PIDS+=("$GATEWAY_PID")
+  GATEWAY_ADDR="$(listening_addr "$log" gateway)" || exit 1
+  export GATEWAY_PID GATEWAY_ADDR GATEWAY_LOG
+}
+
+# listening_addr LOG NAME: waits (10 s at most) until the server NAME,
+# started with its stderr in LOG, says `Listening on http://ADDR/`, and
+# prints ADDR (host:port); otherwise shows the log and fails.
+listening_addr() {
   for _ in $(seq 100); do
-    if grep -q "Listening on http://" "$log"; then
-      GATEWAY_ADDR="$(grep -o 'Listening on http://[^/]*' "$log" | head -n1 | sed 's|Listening on http://||')"
-      export GATEWAY_PID GATEWAY_ADDR GATEWAY_LOG
+    if grep -q "Listening on http://" "$1"; then
+      grep -o 'Listening on http://[^/]*' "$1" | head -n1 | sed 's|Listening on http://||'
       return 0
     fi
     sleep 0.1
   done
-  echo "the gateway did not start; its log:" >&2
-  cat "$log" >&2
-  exit 1
+  echo "the $2 did not start; its log:" >&2
+  cat "$1" >&2
+  return 1
 }
 
 # machine: one line naming the machine, for the results.
